@@ -1,0 +1,140 @@
+"""The typed, frozen settings tree that every entry point builds once and passes down."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TOPICS = (
+    "api-key.created",
+    "api-key.updated",
+    "api-key.deleted",
+    "api-key.firstUsed",
+    "access-key.created",
+    "access-key.updated",
+    "access-key.deleted",
+    "project.updated",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A secret value whose repr and str never show it; call `reveal()` at the point of use."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+    # Start a private redis-server (AOF on, data in the data dir) when `keytrail up` finds none at `url`.
+    autostart: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    # Group commit: a batch is written when it holds this many events or its first event has waited this long.
+    batch_max_events: int = 256
+    batch_max_wait_ms: float = 2.0
+    # Backpressure: above this many queued ingest jobs (batches) the receiver answers 503 + Retry-After.
+    high_water_mark: int = 20_000
+    retry_after_seconds: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    # Delivery retries: exponential from `backoff_base_seconds`, capped at `backoff_ceiling_seconds`, with jitter.
+    max_attempts: int = 2_000
+    backoff_base_seconds: float = 1.0
+    backoff_ceiling_seconds: float = 300.0
+    # How often a worker looks for jobs that a dead worker left behind (SIGKILL, OOM, power loss).
+    recovery_interval_seconds: float = 2.0
+    # A worker whose liveness key is older than this is dead, and its started jobs are requeued.
+    liveness_ttl_seconds: float = 6.0
+    job_timeout_seconds: int = 120
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    url: str = "sqlite:///data/keytrail.db"
+    # Key for the fingerprints of raw API keys; generated once into the data dir when not configured.
+    pepper: Secret | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    tokens: tuple[Secret, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSettings:
+    name: str
+    token: Secret | None = None
+    signing_secrets: tuple[Secret, ...] = ()
+    access_key: Secret | None = None
+    account_id: str | None = None
+    project_ids: tuple[str, ...] = ()
+    public_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSettings:
+    """What every sink shares (name, type, routing); `options` holds its type's own keys, checked by the sink."""
+
+    name: str
+    type: str
+    topics: tuple[str, ...] = ("*",)
+    tenants: tuple[str, ...] = ("*",)
+    exclude_topics: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def routes(self, tenant: str, topic: str) -> bool:
+        """True when a record of this tenant and topic goes to this sink."""
+        return (
+            any(fnmatch.fnmatchcase(topic, pattern) for pattern in self.topics)
+            and any(fnmatch.fnmatchcase(tenant, pattern) for pattern in self.tenants)
+            and not any(fnmatch.fnmatchcase(topic, pattern) for pattern in self.exclude_topics)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuthApiSettings:
+    base_url: str = "https://api.theauthapi.com"
+    timeout_seconds: float = 10.0
+    # How often the scheduled drift check compares live subscriptions with the desired ones; 0 turns it off.
+    drift_check_interval_seconds: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path("data")
+    log_level: str = "info"
+    server: ServerSettings = ServerSettings()
+    redis: RedisSettings = RedisSettings()
+    ingest: IngestSettings = IngestSettings()
+    worker: WorkerSettings = WorkerSettings()
+    audit: AuditSettings = AuditSettings()
+    api: ApiSettings = ApiSettings()
+    authapi: AuthApiSettings = AuthApiSettings()
+    tenants: Mapping[str, TenantSettings] = field(default_factory=dict)
+    sinks: tuple[SinkSettings, ...] = ()
+    # Where the settings came from, for `config check` and error messages ("embedded defaults" or a path).
+    source: str = "embedded defaults"

@@ -1,0 +1,91 @@
+"""The `keytrail` command: parses arguments, loads settings once, and hands them to one subcommand.
+
+Each subcommand lives in `keytrail/commands/<area>.py` and exposes `register(subparsers)`. Failures reach the
+user as one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from config import ConfigError, Settings, load_settings
+from keytrail import __version__
+
+COMMAND_MODULES = (
+    "keytrail.commands.run",
+    "keytrail.commands.simulate",
+    "keytrail.commands.audit",
+    "keytrail.commands.dlq",
+    "keytrail.commands.subscribe",
+    "keytrail.commands.status",
+    "keytrail.commands.config_check",
+)
+
+
+class CliError(Exception):
+    """A failure to report as one line; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`keytrail: error: ...`) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from `--config`, else KEYTRAIL_CONFIG, else ./keytrail.toml, else the embedded defaults."""
+    path: Path | None = getattr(args, "config", None)
+    return load_settings(path, os.environ)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="keytrail", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"keytrail {__version__}")
+    parser.add_argument(
+        "--config", type=Path, help="TOML config file (default: $KEYTRAIL_CONFIG, else ./keytrail.toml if present)"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # an area whose commands are not built yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        result: int | None = args.handler(args)
+    except CliError as exc:
+        sys.stderr.write(f"keytrail: {exc}\n")
+        return exc.code
+    except ConfigError as exc:
+        if len(exc.problems) == 1:
+            sys.stderr.write(f"keytrail: config: {exc.problems[0]}\n")
+        else:
+            sys.stderr.write(f"keytrail: config has {len(exc.problems)} problems:\n")
+            sys.stderr.writelines(f"  - {problem}\n" for problem in exc.problems)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result or 0

@@ -1,0 +1,1 @@
+"""The subcommands of `keytrail`, one module per area; each exposes `register(subparsers)`."""

@@ -1,0 +1,122 @@
+"""The audit record: what one webhook event becomes (OCSF 1.x Entity Management, class 3004) and what sinks render."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from enum import IntEnum, StrEnum
+from typing import Any
+
+CLASS_UID = 3004  # OCSF Entity Management
+CATEGORY_UID = 3  # OCSF Identity & Access Management
+GENESIS_HASH = "0" * 64  # prev_hash of the first record in a tenant's chain
+
+
+class Activity(IntEnum):
+    CREATE = 1
+    READ = 2
+    UPDATE = 3
+    DELETE = 4
+    OTHER = 99
+
+
+class Severity(IntEnum):
+    UNKNOWN = 0
+    INFORMATIONAL = 1
+    LOW = 2
+    MEDIUM = 3
+    HIGH = 4
+
+
+class EntityType(StrEnum):
+    API_KEY = "API Key"
+    ACCESS_KEY = "Access Key"
+    PROJECT = "Project"
+    UNKNOWN = "Unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """The key, access key or project the event is about. A key's `uid` is its fingerprint, never the key."""
+
+    type: EntityType
+    uid: str | None = None
+    name: str | None = None
+    fingerprint: str | None = None
+    prefix: str | None = None
+    last4: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who made the change (`createdBy` / `lastChangedBy`) and whether it was a user or an access key."""
+
+    uid: str
+    type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One stored event. `event_id` is the downstream dedupe key; `prev_hash`/`hash` chain a tenant's records."""
+
+    record_id: str
+    event_id: str
+    tenant: str
+    topic: str
+    time: str
+    received_at: str
+    activity_id: Activity
+    severity_id: Severity
+    entity: Entity
+    project_id: str | None = None
+    account_id: str | None = None
+    actor: Actor | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    raw_sha256: str = ""
+    raw_redacted: dict[str, Any] = field(default_factory=dict)
+    class_uid: int = CLASS_UID
+    category_uid: int = CATEGORY_UID
+    prev_hash: str = ""
+    hash: str = ""
+
+    @property
+    def type_uid(self) -> int:
+        return self.class_uid * 100 + int(self.activity_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["activity_id"] = int(self.activity_id)
+        data["severity_id"] = int(self.severity_id)
+        data["entity"]["type"] = str(self.entity.type)
+        data["type_uid"] = self.type_uid
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditRecord:
+        values = {k: v for k, v in data.items() if k != "type_uid"}
+        entity = dict(values.pop("entity"))
+        entity["type"] = EntityType(entity["type"])
+        actor = values.pop("actor", None)
+        return cls(
+            **values,
+            entity=Entity(**entity),
+            actor=Actor(**actor) if actor else None,
+            activity_id=Activity(values.pop("activity_id")),
+            severity_id=Severity(values.pop("severity_id")),
+        )
+
+    def chained(self, prev_hash: str) -> AuditRecord:
+        """This record placed after `prev_hash`: hash = SHA-256(prev_hash ‖ canonical JSON of the rest)."""
+        linked = replace(self, prev_hash=prev_hash, hash="")
+        return replace(linked, hash=chain_hash(prev_hash, linked.canonical_json()))
+
+    def canonical_json(self) -> str:
+        """Sorted keys, no whitespace, `hash` left out: the bytes the chain hash covers."""
+        data = self.to_dict()
+        data.pop("hash")
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def chain_hash(prev_hash: str, canonical: str) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical.encode("utf-8")).hexdigest()
