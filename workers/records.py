@@ -98,13 +98,9 @@ class AuditRecord:
         entity = dict(values.pop("entity"))
         entity["type"] = EntityType(entity["type"])
         actor = values.pop("actor", None)
-        return cls(
-            **values,
-            entity=Entity(**entity),
-            actor=Actor(**actor) if actor else None,
-            activity_id=Activity(values.pop("activity_id")),
-            severity_id=Severity(values.pop("severity_id")),
-        )
+        values["activity_id"] = Activity(values["activity_id"])
+        values["severity_id"] = Severity(values["severity_id"])
+        return cls(**values, entity=Entity(**entity), actor=Actor(**actor) if actor else None)
 
     def chained(self, prev_hash: str) -> AuditRecord:
         """This record placed after `prev_hash`: hash = SHA-256(prev_hash ‖ canonical JSON of the rest)."""

@@ -1,0 +1,28 @@
+"""Names shared by the receiver and the workers: RQ queues, job paths and Redis keys."""
+
+INGEST_QUEUE = "ingest"
+DELIVER_QUEUE = "deliver"
+# By import path, so the receiver enqueues without importing the workers' code.
+NORMALIZE_JOB = "workers.jobs.normalize_batch"
+DELIVER_JOB = "workers.jobs.deliver"
+DRIFT_CHECK_JOB = "workers.jobs.check_subscriptions"
+
+PING_TTL_SECONDS = 3600
+
+
+def ping_key(tenant: str, marker: str) -> str:
+    """Where the receiver records a ping so `keytrail subscribe` can see that it arrived."""
+    return f"keytrail:ping:{tenant}:{marker}"
+
+
+def alive_key(worker_name: str) -> str:
+    """A worker's liveness key: refreshed every second, missing within seconds of a SIGKILL."""
+    return f"keytrail:alive:{worker_name}"
+
+
+def sink_disabled_key(sink: str) -> str:
+    return f"keytrail:sink:{sink}:disabled"
+
+
+def sink_backoff_key(sink: str) -> str:
+    return f"keytrail:sink:{sink}:backoff_until"

@@ -1,0 +1,198 @@
+"""`keytrail up | serve | worker`: run the receiver, the workers, or everything in one command."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from config import Settings, SinkSettings, TenantSettings
+from config.datadir import demo_token
+from config.logging import configure_logging
+from keytrail.cli import CliError, settings_from_args
+
+
+def register(subparsers: Any) -> None:
+    up = subparsers.add_parser("up", help="receiver + workers + scheduler in one command (embedded defaults)")
+    up.add_argument("--port", type=int, help="receiver port (default: server.port, 8080)")
+    up.set_defaults(handler=cmd_up)
+
+    serve = subparsers.add_parser("serve", help="run the webhook receiver (Starlette on uvicorn)")
+    serve.add_argument("--host", help="bind address (default: server.host)")
+    serve.add_argument("--port", type=int, help="port (default: server.port)")
+    serve.set_defaults(handler=cmd_serve)
+
+    worker = subparsers.add_parser("worker", help="run RQ workers (one process per queue) with their scheduler")
+    worker.add_argument(
+        "--queue", choices=["ingest", "deliver", "all"], default="all", help="which queue (default: all)"
+    )
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.set_defaults(handler=cmd_worker)
+
+
+def with_embedded_defaults(settings: Settings, *, announce: bool) -> Settings:
+    """No tenants and no sinks configured: add the `demo` tenant and a JSON Lines file sink under the data dir."""
+    if settings.tenants or settings.sinks:
+        return settings
+    token, created = demo_token(settings.data_dir)
+    if announce and created:
+        print(f"demo tenant token (shown once, kept in {settings.data_dir / 'demo-token'}): {token.reveal()}")
+    return dataclasses.replace(
+        settings,
+        tenants={"demo": TenantSettings(name="demo", token=token)},
+        sinks=(SinkSettings(name="file", type="file", options={"path": str(settings.data_dir / "audit.jsonl")}),),
+    )
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from ingest.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level)
+    settings = with_embedded_defaults(settings, announce=True)
+    _check_redis(settings.redis.url)
+    _serve(settings, args.host or settings.server.host, args.port or settings.server.port)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level)
+    settings = with_embedded_defaults(settings, announce=False)
+    _check_redis(settings.redis.url)
+    from sinks import build_sinks
+
+    for sink in build_sinks(settings).values():  # fail fast, with every problem, before taking work
+        sink.close()
+    from workers.runner import QUEUES, run_worker, spawn_workers, stop_children
+
+    if args.queue != "all":
+        run_worker(settings, args.queue, burst=args.burst)
+        return 0
+    if args.burst:
+        for queue in QUEUES:
+            run_worker(settings, queue, burst=True)
+        return 0
+    children = spawn_workers(args.config, QUEUES)
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    finally:
+        stop_children(children)
+    return 1 if any(child.returncode not in (0, -signal.SIGTERM) for child in children) else 0
+
+
+def _check_redis(url: str) -> None:
+    try:
+        Redis.from_url(url, socket_connect_timeout=2).ping()
+    except RedisError:
+        raise CliError(f"Redis does not answer at {url}: start redis-server or set redis.url") from None
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(Redis.from_url(url, socket_connect_timeout=1).ping())
+    except RedisError:
+        return False
+
+
+@contextlib.contextmanager
+def private_redis(settings: Settings) -> Iterator[None]:
+    """Start redis-server (AOF on, data in the data dir) when none answers at redis.url; stop it on exit."""
+    url = settings.redis.url
+    if _redis_answers(url):
+        yield
+        return
+    binary = shutil.which("redis-server")
+    parsed = urlparse(url)
+    local = parsed.hostname in ("127.0.0.1", "localhost", "::1")
+    if not (settings.redis.autostart and binary and local):
+        raise CliError(
+            f"Redis does not answer at {url}; install it (e.g. apt-get install redis-server) or set redis.url"
+        )
+    redis_dir = (settings.data_dir / "redis").resolve()
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    port = parsed.port or 6379
+    assert binary is not None
+    process = subprocess.Popen(  # noqa: S603
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(redis_dir),
+            "--appendonly",
+            "yes",
+            "--maxmemory-policy",
+            "noeviction",
+            "--save",
+            "",
+            "--logfile",
+            str(redis_dir / "redis.log"),
+        ],
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not _redis_answers(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise CliError(f"could not start redis-server on port {port}; see {redis_dir / 'redis.log'}")
+            time.sleep(0.1)
+        print(f"started a private redis-server on 127.0.0.1:{port} (AOF in {redis_dir})")
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level)
+    settings = with_embedded_defaults(settings, announce=True)
+    host, port = settings.server.host, args.port or settings.server.port
+    if not _port_free(host, port):
+        raise CliError(f"port {port} on {host} is in use; pass --port or set server.port")
+    from workers.runner import QUEUES, spawn_workers, stop_children
+
+    with private_redis(settings):
+        children = spawn_workers(args.config, QUEUES)
+        print(f"keytrail is up: POST http://{host}:{port}/hooks/theauthapi/<tenant>  (Ctrl-C stops)")
+        try:
+            _serve(settings, host, port)
+        finally:
+            stop_children(children)
+    return 0

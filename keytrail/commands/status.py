@@ -1,0 +1,49 @@
+"""`keytrail status`: Redis, queue depths, workers alive, and delivery backlog at a glance."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Worker
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from config.queues import DELIVER_QUEUE, INGEST_QUEUE
+from keytrail.cli import CliError, settings_from_args
+from keytrail.output import add_format_option, chosen_format, print_rows
+
+
+def register(subparsers: Any) -> None:
+    status = subparsers.add_parser("status", help="queues, workers and Redis at a glance")
+    add_format_option(status)
+    status.set_defaults(handler=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    redis = Redis.from_url(settings.redis.url, socket_connect_timeout=2)
+    try:
+        rows = []
+        for name in (INGEST_QUEUE, DELIVER_QUEUE):
+            queue = Queue(name, connection=redis, serializer=JSONSerializer)
+            rows.append(
+                {
+                    "queue": name,
+                    "queued": queue.count,
+                    "started": StartedJobRegistry(name, connection=redis).count,
+                    "scheduled": ScheduledJobRegistry(name, connection=redis).count,  # type: ignore[no-untyped-call]
+                    "failed": FailedJobRegistry(name, connection=redis).count,
+                    "workers": len(Worker.all(queue=queue)),
+                }
+            )
+    except RedisError as exc:
+        raise CliError(f"Redis does not answer at {settings.redis.url}: {type(exc).__name__}") from None
+    if chosen_format(args.format) == "json":
+        print(json.dumps({"queues": rows}, indent=2))
+    else:
+        print_rows(rows, ("queue", "queued", "started", "scheduled", "failed", "workers"), "table")
+    return 0

@@ -1,0 +1,186 @@
+"""The RQ jobs: `normalize_batch` (raw events → stored records → deliveries) and `deliver` (records → one sink).
+
+Why one deliver job per sink: each sink fails, backs off and retries on its own, so a sink that is down for hours
+never delays or duplicates what the others receive.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from rq import Queue, Retry
+
+from config.queues import DELIVER_JOB, sink_backoff_key, sink_disabled_key
+from config.settings import WorkerSettings
+from keytrail import __version__
+from sinks import DeliveryReport, Outcome, SinkDisabled, SinkRejected, SinkUnavailable
+from workers.normalize import UNKNOWN_TOPIC, normalize, record_id
+from workers.records import Activity, AuditRecord, Entity, EntityType, Severity
+from workers.runtime import current
+from workers.stores import DeliveryOutcomes
+
+log = structlog.get_logger("keytrail.worker")
+DELIVER_CHUNK = 500
+# RQ counts returned Retry objects against `max`; keytrail counts attempts per record itself (the deliveries table)
+# and dead-letters a record at `max_attempts`, so RQ's own limit is only a backstop.
+RQ_RETRY_BACKSTOP = 1_000_000
+
+
+def _fallback_record(event: dict[str, Any]) -> AuditRecord:
+    """An event whose body defeats the normalizer is still kept, as a generic entity event (never dropped)."""
+    return AuditRecord(
+        record_id=record_id(event["tenant"], event["event_key"]),
+        event_id=event["event_key"],
+        tenant=event["tenant"],
+        topic=event.get("topic") or UNKNOWN_TOPIC,
+        time=event["received_at"],
+        received_at=event["received_at"],
+        activity_id=Activity.OTHER,
+        severity_id=Severity.LOW,
+        entity=Entity(type=EntityType.UNKNOWN),
+        metadata={"product": "The Auth API", "keytrail_version": __version__, "envelope": "unreadable"},
+        raw_sha256=event["raw_sha256"],
+        raw_redacted={"unparsed": True},
+    )
+
+
+def normalize_batch(events: list[dict[str, Any]]) -> dict[str, int]:
+    """Normalize a committed batch, append it to the audit store, and enqueue one deliver job per sink.
+
+    Safe to run twice (RQ is at-least-once): records are idempotent on (tenant, event id), and deliveries
+    already made are not made again."""
+    runtime = current()
+    records: list[AuditRecord] = []
+    for event in events:
+        try:
+            records.append(normalize(event, version=__version__))
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("event_unreadable", tenant=event.get("tenant"), error=type(exc).__name__)
+            records.append(_fallback_record(event))
+    result = runtime.store.append(records, runtime.route)
+    enqueue_deliveries(runtime.deliver_queue, result.pending, runtime.settings.worker)
+    log.info(
+        "batch_stored",
+        events=len(events),
+        new=len(result.new_ids),
+        duplicates=len(result.existing_ids),
+        sinks=len(result.pending),
+    )
+    return {"new": len(result.new_ids), "duplicates": len(result.existing_ids)}
+
+
+def enqueue_deliveries(queue: Queue, pending: dict[str, list[str]], worker: WorkerSettings) -> None:
+    jobs = [
+        Queue.prepare_data(
+            DELIVER_JOB,
+            args=(sink, ids[start : start + DELIVER_CHUNK]),
+            timeout=worker.job_timeout_seconds,
+            result_ttl=0,
+            failure_ttl=30 * 86400,
+            description=f"deliver {len(ids[start : start + DELIVER_CHUNK])} records to {sink}",
+        )
+        for sink, ids in pending.items()
+        for start in range(0, len(ids), DELIVER_CHUNK)
+    ]
+    if jobs:
+        with queue.connection.pipeline() as pipe:
+            queue.enqueue_many(jobs, pipeline=pipe)
+            pipe.execute()
+
+
+def backoff_seconds(attempt: int, worker: WorkerSettings, retry_after: float | None = None) -> int:
+    """Exponential from the base, capped at the ceiling, with "equal jitter"; never sooner than the peer asked."""
+    ceiling = worker.backoff_ceiling_seconds
+    exponential: float = min(ceiling, worker.backoff_base_seconds * 2.0 ** max(0, attempt - 1))
+    jittered = exponential / 2 + random.uniform(0, exponential / 2)  # noqa: S311 - jitter, not a secret
+    return max(1, math.ceil(max(jittered, retry_after or 0.0)))
+
+
+def _send(sink_name: str, records: list[AuditRecord]) -> tuple[DeliveryReport, bool]:
+    """Send through the sink; returns the report and whether the sink asked to be disabled."""
+    runtime = current()
+    sink = runtime.sink(sink_name)
+    assert sink is not None
+    try:
+        report = sink.send(records)
+    except SinkUnavailable as exc:
+        if exc.alert:
+            log.error("sink_needs_attention", sink=sink_name, reason=exc.reason, records=len(records))
+        report = DeliveryReport.all(records, Outcome.RETRY, exc.reason)
+        report.retry_after = exc.retry_after
+    except SinkDisabled as exc:
+        log.error("sink_disabled", sink=sink_name, reason=exc.reason)
+        return DeliveryReport.all(records, Outcome.REJECTED, f"sink disabled: {exc.reason}"), True
+    except SinkRejected as exc:
+        report = DeliveryReport.all(records, Outcome.REJECTED, exc.reason)
+    except Exception as exc:  # noqa: BLE001 - a user's plug-in sink may raise anything; keep the records, retry
+        log.exception("sink_crashed", sink=sink_name, error=type(exc).__name__)
+        report = DeliveryReport.all(records, Outcome.RETRY, f"sink raised {type(exc).__name__}")
+    return report, False
+
+
+def deliver(sink_name: str, record_ids: list[str]) -> Retry | dict[str, int]:
+    """Deliver these records to one sink. Returns a `Retry` (RQ reschedules the job) while some are owed."""
+    runtime = current()
+    worker = runtime.settings.worker
+    if runtime.sink(sink_name) is None:
+        log.error("sink_not_configured", sink=sink_name, records=len(record_ids))
+        return Retry(max=RQ_RETRY_BACKSTOP, interval=[int(worker.backoff_ceiling_seconds)])
+    owed = runtime.store.to_deliver(sink_name, record_ids)
+    if not owed:
+        return {"delivered": 0}
+    records = [record for record, _ in owed]
+    if runtime.redis.exists(sink_disabled_key(sink_name)):
+        runtime.store.record_outcomes(sink_name, DeliveryOutcomes(dead=dict.fromkeys(record_ids, "sink disabled")))
+        return {"dead": len(records)}
+    # A sink that just failed is not tried again by every queued job: they wait out its backoff instead.
+    backoff_until = float(runtime.redis.get(sink_backoff_key(sink_name)) or 0)
+    if backoff_until > time.time() + 0.5:
+        return Retry(max=RQ_RETRY_BACKSTOP, interval=[max(1, math.ceil(backoff_until - time.time()))])
+
+    report, disable = _send(sink_name, records)
+    if disable:
+        runtime.redis.set(sink_disabled_key(sink_name), "1")
+    attempts = {record.record_id: made + 1 for record, made in owed}
+    retry_ids = [r.record_id for r in records if report.outcomes.get(r.record_id, Outcome.RETRY) is Outcome.RETRY]
+    attempt = max((attempts[rid] for rid in retry_ids), default=1)
+    delay = backoff_seconds(attempt, worker, report.retry_after)
+    next_at = (datetime.now(UTC) + timedelta(seconds=delay)).isoformat(timespec="seconds")
+    outcomes = DeliveryOutcomes(
+        delivered=report.ids(Outcome.DELIVERED),
+        dead={rid: report.reasons.get(rid, "rejected") for rid in report.ids(Outcome.REJECTED)},
+        retrying={},
+    )
+    for rid in retry_ids:
+        reason = report.reasons.get(rid, "not acknowledged")
+        if attempts[rid] >= worker.max_attempts:
+            outcomes.dead[rid] = f"out of attempts ({attempts[rid]}): {reason}"
+        else:
+            outcomes.retrying[rid] = (reason, next_at)
+    runtime.store.record_outcomes(sink_name, outcomes)
+    log.info(
+        "delivery_attempted",
+        sink=sink_name,
+        delivered=len(outcomes.delivered),
+        dead=len(outcomes.dead),
+        retrying=len(outcomes.retrying),
+    )
+    if outcomes.retrying:
+        runtime.redis.set(sink_backoff_key(sink_name), str(time.time() + delay), ex=delay + 60)
+        return Retry(max=RQ_RETRY_BACKSTOP, interval=[delay])
+    if outcomes.delivered:
+        runtime.redis.delete(sink_backoff_key(sink_name))
+    return {"delivered": len(outcomes.delivered), "dead": len(outcomes.dead)}
+
+
+def check_subscriptions() -> dict[str, int]:
+    """Scheduled drift check: compare each tenant's live subscriptions at The Auth API with the desired ones."""
+    bootstrap = importlib.import_module("workers.bootstrap")
+    drifts = bootstrap.check_drift_all(current().settings)
+    return {"drifts": len(drifts)}

@@ -1,0 +1,79 @@
+"""What a worker process holds open for its jobs: settings, Redis, the audit store and the built sinks.
+
+RQ calls jobs by import path with JSON arguments only, so a job finds its connections here. The runtime is
+installed once per process by the worker entry point (or a test) — never created at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from config.queues import DELIVER_QUEUE, INGEST_QUEUE
+from config.settings import Settings
+from sinks import Sink, build_sink
+from workers.records import AuditRecord
+from workers.stores import AuditStore, open_store
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: Redis
+    store: AuditStore
+    _sinks: dict[str, Sink] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, settings: Settings, redis: Redis | None = None) -> Runtime:
+        connection = redis or Redis.from_url(settings.redis.url, socket_timeout=30, health_check_interval=30)
+        return cls(settings, connection, open_store(settings.audit.url))
+
+    def queue(self, name: str) -> Queue:
+        return Queue(name, connection=self.redis, serializer=JSONSerializer)
+
+    @property
+    def ingest_queue(self) -> Queue:
+        return self.queue(INGEST_QUEUE)
+
+    @property
+    def deliver_queue(self) -> Queue:
+        return self.queue(DELIVER_QUEUE)
+
+    def route(self, record: AuditRecord) -> list[str]:
+        """The sinks a record goes to, by each sink's `topics` / `tenants` / `exclude_topics` globs."""
+        return [s.name for s in self.settings.sinks if s.routes(record.tenant, record.topic)]
+
+    def sink(self, name: str) -> Sink | None:
+        """The sink named `name`, built on first use and kept (its connections stay warm between jobs)."""
+        if name not in self._sinks:
+            for sink_settings in self.settings.sinks:
+                if sink_settings.name == name:
+                    self._sinks[name] = build_sink(sink_settings)
+        return self._sinks.get(name)
+
+    def close(self) -> None:
+        for sink in self._sinks.values():
+            sink.close()
+        self._sinks.clear()
+        self.store.close()
+
+
+_current: list[Runtime] = []
+
+
+def install(runtime: Runtime) -> None:
+    _current[:] = [runtime]
+
+
+def uninstall() -> None:
+    while _current:
+        _current.pop().close()
+
+
+def current() -> Runtime:
+    if not _current:
+        raise RuntimeError("no keytrail runtime installed in this process (start it with `keytrail worker`)")
+    return _current[0]
