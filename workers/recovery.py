@@ -10,6 +10,8 @@ Requeueing can run a job twice; the jobs are idempotent, so the worst case is a 
 from __future__ import annotations
 
 import threading
+from functools import partial
+from collections.abc import Callable
 
 import structlog
 from redis import Redis
@@ -65,7 +67,7 @@ class Guardian:
                     self.recover()
                     self.schedule_drift_check()
             except RedisError as exc:
-                log.warning("guardian_redis_error", error=type(exc).__name__)
+                log.warning("guardian_redis_error", error=type(exc).__name__, detail=str(exc)[:200])
             tick += 1
 
     def recover(self) -> int:
@@ -88,7 +90,7 @@ class Guardian:
             owner = job.worker_name
             if not owner or owner == self.worker_name or self.redis.exists(alive_key(owner)):
                 continue
-            if self._requeue(queue, job, lambda pipe, j=job_id, e=execution_id: pipe.zrem(registry.key, f"{j}:{e}")):
+            if self._requeue(queue, job, partial(self.redis.zrem, registry.key, f"{job_id}:{execution_id}")):
                 log.warning("abandoned_job_requeued", queue=queue.name, job_id=job_id, dead_worker=owner)
                 count += 1
         return count
@@ -105,7 +107,7 @@ class Guardian:
                 continue
             if job.get_status() not in (JobStatus.QUEUED, None):
                 continue  # started (the registry scan owns it) or finished
-            if self._requeue(queue, job, lambda pipe, j=job_id: pipe.lrem(key, 0, j)):
+            if self._requeue(queue, job, partial(self.redis.lrem, key, 0, job_id)):
                 log.warning("stranded_job_requeued", queue=queue.name, job_id=job_id)
                 count += 1
         self._stranded = {item for item in seen_now if item[0] == queue.name} | {
@@ -113,14 +115,13 @@ class Guardian:
         }
         return count
 
-    def _requeue(self, queue: Queue, job: Job, remove: object) -> bool:
+    def _requeue(self, queue: Queue, job: Job, remove: Callable[[], object]) -> bool:
         # One recoverer per job even when several workers scan at once.
         if not self.redis.set(f"keytrail:recovering:{job.id}", self.worker_name, nx=True, ex=30):
             return False
-        with self.redis.pipeline(transaction=True) as pipe:
-            remove(pipe)  # type: ignore[operator]
-            queue.enqueue_job(job, pipeline=pipe)
-            pipe.execute()
+        # Enqueue first, then forget the old entry: a crash in between leaves a duplicate run, never a lost job.
+        queue.enqueue_job(job)
+        remove()
         return True
 
     def schedule_drift_check(self) -> None:
