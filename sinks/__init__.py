@@ -7,7 +7,7 @@ and has `from_settings(SinkSettings)`: that is all "pluggable" means here (no en
 from __future__ import annotations
 
 import importlib
-from typing import Any, cast
+from typing import Any
 
 from config.errors import ConfigError
 from config.settings import Settings, SinkSettings
@@ -57,7 +57,7 @@ def build_sink(settings: SinkSettings) -> Sink:
     sink = cls.from_settings(settings)
     if not isinstance(sink, Sink):
         raise ConfigError([f"sinks.{settings.name}: {settings.type} does not provide name, send() and close()"])
-    return cast(Sink, sink)
+    return sink
 
 
 def build_sinks(settings: Settings) -> dict[str, Sink]:
