@@ -12,6 +12,7 @@ inject faults, read deliveries); `create_fake_app(state)` serves it; `FakeAuthAp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import queue
@@ -156,6 +157,21 @@ WEBHOOK_FIELDS: dict[str, Check] = {
 }
 
 
+# Request DTOs from the spec: field → (required, check).
+Rules = dict[str, tuple[bool, Check]]
+API_KEY_UPDATE: Rules = {
+    "name": (True, _string),
+    **dict.fromkeys(("customAccountId", "customUserId", "expiry"), (False, _string)),
+    **dict.fromkeys(("customMetaData", "rateLimitConfigs"), (False, _object)),
+}
+API_KEY_CREATE: Rules = {**API_KEY_UPDATE, "projectId": (False, _string), "key": (False, _string)}
+ACCESS_KEY_CREATE: Rules = {
+    "name": (True, _string),
+    **dict.fromkeys(("accountId", "projectId"), (False, _string)),
+    **dict.fromkeys(("rateLimit", "rateLimitTtl"), (False, _number)),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One webhook event; `id` is the GUID a receiver deduplicates on, the same on every redelivery."""
@@ -286,31 +302,14 @@ class FakeState:
     ) -> None:
         """An account with projects and an access key for them (account-level unless `project_scoped`)."""
         with self._lock:
-            now = _now()
-            self.accounts.setdefault(
-                account_id, {**_audit_base(now), "id": account_id, "name": f"account {account_id}"}
-            )
+            self.accounts.setdefault(account_id, {**_audit_base(_now()), "id": account_id, "name": account_id})
             ids = list(project_ids)
             for project_id in ids:
                 self.projects.setdefault(
-                    project_id,
-                    {
-                        **_audit_base(now),
-                        "id": project_id,
-                        "name": f"project {project_id}",
-                        "accountId": account_id,
-                        "env": env,
-                    },
+                    project_id, _project_entity(project_id, f"project {project_id}", account_id, env)
                 )
-            self.access_keys[access_key] = {
-                **_audit_base(now),
-                "key": access_key,
-                "name": "seeded access key",
-                "accountId": account_id,
-                "projectId": ids[0] if project_scoped and ids else None,
-                "rateLimit": None,
-                "rateLimitTtl": None,
-            }
+            scope = ids[0] if project_scoped and ids else None
+            self.access_keys[access_key] = _access_key_entity(access_key, "seeded access key", account_id, scope, {})
 
     def fail_next(
         self, status: int, count: int = 1, *, retry_after: float | None = None, message: str | None = None
@@ -328,18 +327,7 @@ class FakeState:
 
     def admin_deliveries(self) -> list[Json]:
         with self._lock:
-            return [
-                {
-                    "eventId": a.event_id,
-                    "topic": a.topic,
-                    "webhookId": a.webhook_id,
-                    "url": a.url,
-                    "attempt": a.attempt,
-                    "status": a.status,
-                    "error": a.error,
-                }
-                for a in self.deliveries
-            ]
+            return [dataclasses.asdict(attempt) for attempt in self.deliveries]
 
     def pause_webhook(self, webhook_id: str) -> None:
         self.patch_webhook(webhook_id, status="paused")
@@ -462,7 +450,7 @@ class FakeState:
 
     def list_webhooks(self, caller: Json | None, query: Mapping[str, str]) -> list[Json]:
         if self.strict_webhook_list:
-            validate(query, {name: (True, _string) for name in ("accountId", "projectId", "topic")})
+            validate(query, dict.fromkeys(("accountId", "projectId", "topic"), (True, _string)))
         with self._lock:
             if "accountId" in query:
                 self._account(caller, query["accountId"])
@@ -569,19 +557,7 @@ class FakeState:
             return [dict(k) for k in found[offset : offset + limit]]
 
     def create_api_key(self, caller: Json | None, body: Mapping[str, Any]) -> Json:
-        validate(
-            body,
-            {
-                "name": (True, _string),
-                "projectId": (False, _string),
-                "key": (False, _string),
-                "customMetaData": (False, _object),
-                "customAccountId": (False, _string),
-                "customUserId": (False, _string),
-                "expiry": (False, _string),
-                "rateLimitConfigs": (False, _object),
-            },
-        )
+        validate(body, API_KEY_CREATE)
         with self._lock:
             project = self._project(caller, body.get("projectId"))
             key = body.get("key") or f"{project['env']}_{_token(40)}"
@@ -621,17 +597,7 @@ class FakeState:
             return dict(self._api_key(caller, key))
 
     def update_api_key(self, caller: Json | None, key: str, body: Mapping[str, Any]) -> Json:
-        validate(
-            body,
-            {
-                "name": (True, _string),
-                "customMetaData": (False, _object),
-                "customAccountId": (False, _string),
-                "customUserId": (False, _string),
-                "expiry": (False, _string),
-                "rateLimitConfigs": (False, _object),
-            },
-        )
+        validate(body, API_KEY_UPDATE)
         with self._lock:
             found = self._api_key(caller, key)
             for name in ("name", "customMetaData", "customAccountId", "customUserId", "rateLimitConfigs"):
@@ -696,13 +662,7 @@ class FakeState:
             self._account(caller, body["accountId"])
             if caller is not None and caller.get("projectId"):
                 raise FakeApiError(403, FORBIDDEN)
-            project = {
-                **_audit_base(_now()),
-                "id": str(uuid.uuid4()),
-                "name": body["name"],
-                "accountId": body["accountId"],
-                "env": body["env"],
-            }
+            project = _project_entity(str(uuid.uuid4()), body["name"], body["accountId"], body["env"])
             self.projects[project["id"]] = project
             return dict(project)
 
@@ -743,16 +703,7 @@ class FakeState:
             return [dict(k) for k in found]
 
     def create_access_key(self, caller: Json | None, body: Mapping[str, Any]) -> Json:
-        validate(
-            body,
-            {
-                "name": (True, _string),
-                "accountId": (False, _string),
-                "projectId": (False, _string),
-                "rateLimit": (False, _number),
-                "rateLimitTtl": (False, _number),
-            },
-        )
+        validate(body, ACCESS_KEY_CREATE)
         with self._lock:
             account_id = body.get("accountId") or (caller["accountId"] if caller else None)
             if account_id is None:
@@ -763,15 +714,7 @@ class FakeState:
             if project_id is not None:
                 project = self._project(caller, project_id)
                 env = project["env"]
-            created = {
-                **_audit_base(_now()),
-                "key": f"{env}_access_{_token(40)}",
-                "name": body["name"],
-                "accountId": account_id,
-                "projectId": project_id,
-                "rateLimit": body.get("rateLimit"),
-                "rateLimitTtl": body.get("rateLimitTtl"),
-            }
+            created = _access_key_entity(f"{env}_access_{_token(40)}", body["name"], account_id, project_id, body)
             self.access_keys[created["key"]] = created
             self._emit("access-key.created", created)
             return dict(created)
@@ -905,15 +848,24 @@ class FakeState:
 
 
 def _audit_base(now: str) -> Json:
+    """The spec's `AuthBaseEntity` fields, as a fresh entity created through an access key carries them."""
+    nobody = dict.fromkeys(("createdBy", "createdByType", "createdIn", "lastChangedBy", "lastChangedByType"))
+    return {"isActive": True, **nobody, "createdAt": now, "updatedAt": now}
+
+
+def _project_entity(project_id: str, name: str, account_id: str, env: str) -> Json:
+    return {**_audit_base(_now()), "id": project_id, "name": name, "accountId": account_id, "env": env}
+
+
+def _access_key_entity(key: str, name: str, account_id: str, project_id: str | None, limits: Mapping[str, Any]) -> Json:
     return {
-        "isActive": True,
-        "createdBy": None,
-        "createdByType": None,
-        "createdIn": None,
-        "lastChangedBy": None,
-        "lastChangedByType": None,
-        "createdAt": now,
-        "updatedAt": now,
+        **_audit_base(_now()),
+        "key": key,
+        "name": name,
+        "accountId": account_id,
+        "projectId": project_id,
+        "rateLimit": limits.get("rateLimit"),
+        "rateLimitTtl": limits.get("rateLimitTtl"),
     }
 
 

@@ -22,6 +22,7 @@ import httpx
 import redis
 import structlog
 
+from config.queues import ping_key
 from config.settings import DEFAULT_TOPICS, Secret, Settings, TenantSettings
 from workers.authapi import AuthApiClient, AuthApiError
 
@@ -342,7 +343,7 @@ def apply_change(client: AuthApiClient, change: Change) -> Applied:
     if change.action is Action.DELETE_DUPLICATE:
         client.delete_webhook(change.webhook_id)
         log.info("subscription_deleted", tenant=change.tenant, project_id=change.project_id, reason="duplicate")
-    return Applied(change, change.webhook_id)
+    return Applied(change, change.webhook_id)  # unchanged: nothing to send
 
 
 def drift_of(change: Change) -> Drift | None:
@@ -419,10 +420,6 @@ def unsubscribe_project(client: AuthApiClient, desired: Desired, *, dry_run: boo
 
 def new_marker() -> str:
     return f"kt-{uuid.uuid4().hex}"
-
-
-def ping_key(tenant: str, marker: str) -> str:
-    return f"keytrail:ping:{tenant}:{marker}"
 
 
 def ping_body(tenant: TenantSettings, marker: str) -> dict[str, Any]:
