@@ -51,9 +51,9 @@ class RedisSettings:
 
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
-    # Group commit: a batch is written when it holds this many events or its first event has waited this long.
+    # Group commit: at most this many events per Redis write; an optional linger (ms) before each write.
     batch_max_events: int = 256
-    batch_max_wait_ms: float = 2.0
+    batch_max_wait_ms: float = 0.0
     # Backpressure: above this many queued ingest jobs (batches) the receiver answers 503 + Retry-After.
     high_water_mark: int = 20_000
     retry_after_seconds: int = 5

@@ -46,79 +46,75 @@ class CommitFailed(Exception):
 
 
 class GroupCommitter:
+    """Leader-style group commit, as databases do it: a write starts as soon as a writer slot is free, and
+    whatever arrives while writes are in flight goes out together in the next one. Under light load a batch
+    is one event and waits for nothing; under heavy load batches grow by themselves, up to `batch_max_events`.
+    `batch_max_wait_ms` adds an optional linger before each write (0, the default, means none)."""
+
     def __init__(
         self,
         redis: Redis,
         ingest: IngestSettings,
         worker: WorkerSettings,
         *,
-        max_inflight: int = 4,
+        max_inflight: int = 1,
         on_commit: Any = None,
     ) -> None:
         self._redis = redis
         self._queue = Queue(INGEST_QUEUE, connection=redis, serializer=JSONSerializer)
         self._max_events = max(1, ingest.batch_max_events)
-        self._max_wait = ingest.batch_max_wait_ms / 1000
+        self._linger = ingest.batch_max_wait_ms / 1000
         self._job_timeout = worker.job_timeout_seconds
         self._pending: list[tuple[AcceptedEvent, asyncio.Future[None]]] = []
-        self._arrived = asyncio.Event()
-        self._full = asyncio.Event()
-        self._slots = asyncio.Semaphore(max_inflight)
-        self._executor = ThreadPoolExecutor(max_inflight, thread_name_prefix="keytrail-commit")
-        self._task: asyncio.Task[None] | None = None
+        self._max_inflight = max(1, max_inflight)
+        self._inflight = 0
+        self._executor = ThreadPoolExecutor(self._max_inflight, thread_name_prefix="keytrail-commit")
         self._flushes: set[asyncio.Task[None]] = set()
         self._on_commit = on_commit
+        self._closed = False
         self.queue_depth = 0
         self.queue_depth_at = 0.0
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="keytrail-group-commit")
+        self._closed = False
 
     async def stop(self) -> None:
         """Write what is pending, wait for in-flight writes, then stop."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        while self._pending:
-            await self._flush(self._take())
-        if self._flushes:
-            await asyncio.gather(*self._flushes, return_exceptions=True)
+        self._closed = True
+        while self._pending or self._flushes:
+            if self._pending and self._inflight < self._max_inflight:
+                self._start_flush()
+            if self._flushes:
+                await asyncio.wait(set(self._flushes), return_when=asyncio.FIRST_COMPLETED)
         self._executor.shutdown(wait=True)
 
     async def submit(self, event: AcceptedEvent) -> None:
         """Returns once the event is in Redis; raises CommitFailed when it is not."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((event, future))
-        self._arrived.set()
-        if len(self._pending) >= self._max_events:
-            self._full.set()
+        if self._inflight < self._max_inflight:
+            self._start_flush()
         await future
 
-    def _take(self) -> list[tuple[AcceptedEvent, asyncio.Future[None]]]:
-        batch, self._pending = self._pending[: self._max_events], self._pending[self._max_events :]
-        if len(self._pending) < self._max_events:
-            self._full.clear()
-        if not self._pending:
-            self._arrived.clear()
-        return batch
+    def _start_flush(self) -> None:
+        self._inflight += 1
+        task = asyncio.create_task(self._flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
 
-    async def _run(self) -> None:
-        while True:
-            await self._arrived.wait()
-            if len(self._pending) < self._max_events and self._max_wait > 0:
-                try:
-                    await asyncio.wait_for(self._full.wait(), timeout=self._max_wait)
-                except TimeoutError:
-                    pass
-            batch = self._take()
-            if not batch:
-                continue
-            await self._slots.acquire()
-            task = asyncio.create_task(self._flush(batch, acquired=True))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
+    async def _flush(self) -> None:
+        try:
+            if self._linger > 0:
+                await asyncio.sleep(self._linger)
+            else:
+                await asyncio.sleep(0)  # let requests already parsed in this loop iteration join the batch
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_events], self._pending[self._max_events :]
+                await self._write_batch(batch)
+        finally:
+            self._inflight -= 1
 
-    async def _flush(self, batch: list[tuple[AcceptedEvent, asyncio.Future[None]]], *, acquired: bool = False) -> None:
+    async def _write_batch(self, batch: list[tuple[AcceptedEvent, asyncio.Future[None]]]) -> None:
         started = time.perf_counter()
         try:
             depth = await asyncio.get_running_loop().run_in_executor(
@@ -129,16 +125,13 @@ class GroupCommitter:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(CommitFailed(type(exc).__name__))
-        else:
-            self.queue_depth, self.queue_depth_at = depth, time.monotonic()
-            if self._on_commit is not None:
-                self._on_commit(len(batch), time.perf_counter() - started)
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
-        finally:
-            if acquired:
-                self._slots.release()
+            return
+        self.queue_depth, self.queue_depth_at = depth, time.monotonic()
+        if self._on_commit is not None:
+            self._on_commit(len(batch), time.perf_counter() - started)
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
 
     def _write(self, events: Sequence[AcceptedEvent]) -> int:
         """One MULTI/EXEC: the job and its queue entry land together or not at all. Returns the queue length."""

@@ -17,8 +17,8 @@ def add_format_option(parser: Any, choices: Sequence[str] = ("table", "json")) -
     )
 
 
-def chosen_format(value: str | None, stream: TextIO = sys.stdout) -> str:
-    return value or ("table" if stream.isatty() else "json")
+def chosen_format(value: str | None, stream: TextIO | None = None) -> str:
+    return value or ("table" if (stream or sys.stdout).isatty() else "json")
 
 
 def print_rows(
@@ -27,9 +27,10 @@ def print_rows(
     fmt: str,
     *,
     title: str | None = None,
-    stream: TextIO = sys.stdout,
+    stream: TextIO | None = None,
 ) -> int:
     """Print rows in `fmt`; returns how many were printed. JSON is one array; JSONL and CSV stream row by row."""
+    stream = stream or sys.stdout
     count = 0
     if fmt == "json":
         items = list(rows)

@@ -43,10 +43,10 @@ class Options:
         return raw
 
     def optional_string(self, key: str) -> str | None:
-        return self.string(key) if self.settings.options.get(key) is not None else self._none(key)
-
-    def _none(self, key: str) -> None:
-        self._seen.add(key)
+        if self.settings.options.get(key) is None:
+            self._seen.add(key)
+            return None
+        return self.string(key)
 
     def secret(self, key: str, *, required: bool = True) -> Secret | None:
         raw = self._raw(key)

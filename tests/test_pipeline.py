@@ -18,7 +18,7 @@ from redis import Redis
 from config import Settings
 from config.logging import configure_logging
 from config.queues import DELIVER_QUEUE, INGEST_QUEUE
-from conftest import REDIS_URL, ServerThread, SettingsFactory, signed_headers, wait_until
+from harness import REDIS_URL, ServerThread, SettingsFactory, signed_headers, wait_until
 from ingest.app import create_app
 from keytrail.simulation import TOPICS, make_delivery
 from workers.runner import run_worker

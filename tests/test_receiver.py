@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer
 
 from config import Settings
 from config.queues import INGEST_QUEUE, ping_key
-from conftest import SIGNING_SECRET, TOKEN, ServerThread, SettingsFactory, signed_headers
+from harness import SIGNING_SECRET, TOKEN, ServerThread, SettingsFactory, signed_headers
 from ingest.app import create_app
 
 API_KEY = "live_Q2hhbmdlTWVQbGVhc2VJdHNBU2VjcmV0S2V5MDE"
