@@ -1,0 +1,116 @@
+"""CEF (ArcSight Common Event Format) rendering of an audit record: the MSG of a syslog message when `format = "cef"`.
+
+`CEF:0|keytrail|keytrail|<version>|<topic>|<name>|<severity 0-10>|<extension>`. Two escaping rules apply, and they
+differ: header fields escape `\\` and `|`; extension values escape `\\`, `=` and line breaks (`\\n`, `\\r`) but not `|`.
+Extension keys come from the CEF dictionary where one fits (`rt`, `externalId`, `act`, `suser`, `msg`); the rest use
+the custom-string pairs `cs1`..`cs6` with their `csNLabel`:
+
+    cs1 tenant · cs2 entityType · cs3 fingerprint · cs4 entityName · cs5 projectId · cs6 keyHint (prefix…last4)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from workers.records import Activity, AuditRecord, Severity
+
+VENDOR = "keytrail"
+PRODUCT = "keytrail"
+
+# OCSF severity_id (0 Unknown .. 6 Fatal) to CEF 0-10 (0-3 Low, 4-6 Medium, 7-8 High, 9-10 Very-High).
+CEF_SEVERITY: dict[int, int] = {0: 0, 1: 1, 2: 3, 3: 5, 4: 8, 5: 9, 6: 10}
+
+_ACTION: dict[Activity, str] = {
+    Activity.CREATE: "create",
+    Activity.READ: "read",
+    Activity.UPDATE: "update",
+    Activity.DELETE: "delete",
+    Activity.OTHER: "other",
+}
+
+# CEF has no hard limit on most values, but collectors (ArcSight, QRadar) cut `msg` near 1023 and cs* near 4000.
+_MAX_VALUE = 1023
+
+
+def escape_header(value: str) -> str:
+    """A header field: backslash first (so the escapes added for pipes are not doubled), then the pipe."""
+    flat = value.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+    return flat.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def escape_extension(value: str) -> str:
+    """An extension value: backslash, equals sign and line breaks. Pipes stay as they are (the CEF rule)."""
+    escaped = value[:_MAX_VALUE].replace("\\", "\\\\").replace("=", "\\=")
+    return escaped.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def epoch_millis(timestamp: str) -> int | None:
+    """`rt` is milliseconds since the epoch; None when the record's time is not ISO 8601."""
+    try:
+        parsed = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def event_name(record: AuditRecord) -> str:
+    """A short human name for the header: "API Key created", "API Key firstUsed", "Project updated"."""
+    verb = record.topic.rpartition(".")[2] or record.topic
+    return f"{record.entity.type} {verb}"
+
+
+def render_cef(record: AuditRecord, *, version: str) -> str:
+    """The CEF line for one record (no syslog header; the syslog sink adds it)."""
+    severity = CEF_SEVERITY.get(int(record.severity_id), CEF_SEVERITY[Severity.UNKNOWN])
+    header = "|".join(
+        [
+            "CEF:0",
+            escape_header(VENDOR),
+            escape_header(PRODUCT),
+            escape_header(version),
+            escape_header(record.topic),
+            escape_header(event_name(record)),
+            str(severity),
+        ]
+    )
+    entity = record.entity
+    key_hint = f"{entity.prefix}…{entity.last4}" if entity.prefix or entity.last4 else None
+    fields: list[tuple[str, str | None]] = [
+        ("rt", _str_or_none(epoch_millis(record.time))),
+        ("externalId", record.event_id),
+        ("act", _ACTION.get(record.activity_id, "other")),
+        ("suser", record.actor.uid if record.actor else None),
+        ("msg", f"{event_name(record)} in tenant {record.tenant}"),
+        ("cs1Label", "tenant"),
+        ("cs1", record.tenant),
+        ("cs2Label", "entityType"),
+        ("cs2", str(entity.type)),
+        ("cs3Label", "fingerprint"),
+        ("cs3", entity.fingerprint),
+        ("cs4Label", "entityName"),
+        ("cs4", entity.name),
+        ("cs5Label", "projectId"),
+        ("cs5", record.project_id),
+        ("cs6Label", "keyHint"),
+        ("cs6", key_hint),
+    ]
+    present = _drop_unset(fields)
+    extension = " ".join(f"{key}={escape_extension(value)}" for key, value in present)
+    return f"{header}|{extension}"
+
+
+def _str_or_none(value: int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _drop_unset(fields: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+    """Leave out empty values, and the label of a custom string whose value is empty."""
+    values = dict(fields)
+    kept: list[tuple[str, str]] = []
+    for key, value in fields:
+        labelled = values.get(key.removesuffix("Label")) if key.endswith("Label") else True
+        if value and labelled:
+            kept.append((key, value))
+    return kept
