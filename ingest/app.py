@@ -9,12 +9,13 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -29,7 +30,7 @@ from ingest import api
 from ingest.committer import AcceptedEvent, CommitFailed, GroupCommitter
 from ingest.envelope import event_key, parse_envelope
 from ingest.metrics import ReceiverMetrics
-from ingest.redaction import redact
+from ingest.redaction import Redactor
 from ingest.verification import VerificationFailed, verify, verify_token
 
 log = structlog.get_logger("keytrail.ingest")
@@ -49,10 +50,10 @@ class Rejected(Exception):
 @dataclass
 class ReceiverState:
     settings: Settings
-    redis: Redis
+    redis: AsyncRedis
     committer: GroupCommitter
     metrics: ReceiverMetrics
-    pepper: bytes
+    redactor: Redactor
 
 
 def _state(request: Request) -> ReceiverState:
@@ -60,14 +61,35 @@ def _state(request: Request) -> ReceiverState:
     return state
 
 
+_second_prefix: list[Any] = [-1, ""]
+
+
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC now as `2026-11-28T10:00:00.123Z`; the per-second prefix is formatted once (this runs per request)."""
+    now = time.time()
+    second = int(now)
+    if _second_prefix[0] != second:
+        _second_prefix[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second_prefix[1]}.{int((now - second) * 1000):03d}Z"
+
+
+def _parse_json(body: bytes) -> Any:
+    """orjson for speed; the standard library where orjson is stricter than JSON needs (integers over 64 bits)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Rejected(413, f"body larger than {limit} bytes")
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise Rejected(413, f"body larger than {limit} bytes")
+        return await request.body()  # the server enforces Content-Length, so this cannot exceed `limit`
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -94,10 +116,7 @@ async def receive_webhook(request: Request) -> Response:
         tenant = state.settings.tenants.get(tenant_name)
         if tenant is None:
             raise Rejected(404, "unknown tenant")
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            payload = None
+        payload = _parse_json(body)
         if isinstance(payload, dict) and isinstance(payload.get("keytrail_ping"), str):
             return await _receive_ping(state, tenant_name, request, payload["keytrail_ping"])
         try:
@@ -108,7 +127,7 @@ async def receive_webhook(request: Request) -> Response:
             raise Rejected(400, "body is not valid JSON")
         if not isinstance(payload, dict):
             raise Rejected(400, "body must be a JSON object")
-        if _over_high_water(state):
+        if await _over_high_water(state):
             retry_after = str(state.settings.ingest.retry_after_seconds)
             raise Rejected(503, "queue above its high-water mark; retry later", {"Retry-After": retry_after})
         envelope = parse_envelope(payload)
@@ -118,19 +137,19 @@ async def receive_webhook(request: Request) -> Response:
             topic=envelope.topic,
             received_at=_now_iso(),
             raw_sha256=hashlib.sha256(body).hexdigest(),
-            body=json.dumps(redact(payload, state.pepper), separators=(",", ":"), ensure_ascii=False),
+            body=orjson.dumps(state.redactor.redact(payload)).decode(),
         )
         try:
             await state.committer.submit(event)
         except CommitFailed:
             raise Rejected(503, "queue unavailable; retry later", {"Retry-After": "5"}) from None
     except Rejected as exc:
-        state.metrics.requests.labels(tenant_name if exc.status != 404 else "-", str(exc.status)).inc()
+        state.metrics.answered(tenant_name if exc.status != 404 else "-", exc.status)
         if exc.status in (401, 503):
             log.warning("webhook_rejected", tenant=tenant_name, status=exc.status, reason=exc.reason)
         return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=exc.headers)
-    state.metrics.requests.labels(tenant_name, "202").inc()
-    return JSONResponse({"event_id": event.event_key}, status_code=202)
+    state.metrics.answered(tenant_name, 202)
+    return Response(orjson.dumps({"event_id": event.event_key}), status_code=202, media_type="application/json")
 
 
 async def _receive_ping(state: ReceiverState, tenant_name: str, request: Request, marker: str) -> Response:
@@ -147,20 +166,20 @@ async def _receive_ping(state: ReceiverState, tenant_name: str, request: Request
     if not PING_MARKER.match(marker):
         raise Rejected(400, "keytrail_ping marker must be 1-128 of [A-Za-z0-9_-]")
     try:
-        state.redis.set(ping_key(tenant_name, marker), str(int(time.time() * 1000)), ex=PING_TTL_SECONDS)
+        await state.redis.set(ping_key(tenant_name, marker), str(int(time.time() * 1000)), ex=PING_TTL_SECONDS)
     except RedisError:
         raise Rejected(503, "queue unavailable; retry later", {"Retry-After": "5"}) from None
     log.info("ping_received", tenant=tenant_name, marker=marker)
-    state.metrics.requests.labels(tenant_name, "200").inc()
+    state.metrics.answered(tenant_name, 200)
     return JSONResponse({"ping": marker})
 
 
-def _over_high_water(state: ReceiverState) -> bool:
+async def _over_high_water(state: ReceiverState) -> bool:
     committer = state.committer
     if time.monotonic() - committer.queue_depth_at > 1.0:
         # Batches refresh the depth for free; this read happens only when none was written for a second.
         with contextlib.suppress(RedisError):
-            committer.refresh_depth()
+            await committer.refresh_depth()
     state.metrics.queue_depth.set(committer.queue_depth)
     return committer.queue_depth >= state.settings.ingest.high_water_mark
 
@@ -173,7 +192,7 @@ async def readyz(request: Request) -> Response:
     """Ready when Redis answers and the ingest queue is under its high-water mark."""
     state = _state(request)
     try:
-        depth = state.committer.refresh_depth()
+        depth = await state.committer.refresh_depth()
     except RedisError as exc:
         return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
     mark = state.settings.ingest.high_water_mark
@@ -191,23 +210,26 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-def create_app(settings: Settings, *, redis: Redis | None = None) -> Starlette:
+def create_app(settings: Settings) -> Starlette:
     """The receiver. Redis and the committer open in the lifespan; nothing connects at import or build time."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        connection = redis or Redis.from_url(settings.redis.url, socket_timeout=5, health_check_interval=30)
+        connection = AsyncRedis.from_url(settings.redis.url, socket_timeout=5, health_check_interval=30)
+        sync_connection = Redis.from_url(settings.redis.url, socket_timeout=5)
         metrics_ = ReceiverMetrics()
-        committer = GroupCommitter(connection, settings.ingest, settings.worker, on_commit=metrics_.committed)
+        committer = GroupCommitter(
+            connection, settings.ingest, settings.worker, sync_redis=sync_connection, on_commit=metrics_.committed
+        )
         await committer.start()
-        app.state.keytrail = ReceiverState(settings, connection, committer, metrics_, load_pepper(settings))
+        app.state.keytrail = ReceiverState(settings, connection, committer, metrics_, Redactor(load_pepper(settings)))
         log.info("receiver_started", tenants=len(settings.tenants))
         try:
             yield
         finally:
             await committer.stop()
-            if redis is None:
-                connection.close()
+            await connection.aclose()
+            sync_connection.close()
 
     routes: list[BaseRoute] = [
         Route("/hooks/theauthapi/{tenant}", receive_webhook, methods=["POST"]),

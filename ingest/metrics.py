@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -29,6 +31,15 @@ class ReceiverMetrics:
         self.queue_depth = Gauge(
             "keytrail_ingest_queue_jobs", "Normalize jobs waiting in Redis (last seen)", registry=self.registry
         )
+
+        self._answered: dict[tuple[str, int], Any] = {}
+
+    def answered(self, tenant: str, status: int) -> None:
+        # labels() costs more than the increment; children are looked up once per (tenant, status).
+        child = self._answered.get((tenant, status))
+        if child is None:
+            child = self._answered[(tenant, status)] = self.requests.labels(tenant, str(status))
+        child.inc()
 
     def committed(self, events: int, seconds: float) -> None:
         self.batches.observe(events)

@@ -7,6 +7,7 @@ its history. The prefix (`live_`, `test_access_`, ...) and the last 4 characters
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -34,33 +35,60 @@ class Redacted:
         return {"redacted": True, "fingerprint": self.fingerprint, "prefix": self.prefix, "last4": self.last4}
 
 
+class Redactor:
+    """Fingerprints and redacts with one pepper; the keyed HMAC state is built once and copied per secret."""
+
+    def __init__(self, pepper: bytes) -> None:
+        self._keyed = hmac.new(pepper, digestmod=hashlib.sha256)
+
+    def fingerprint(self, secret: str) -> str:
+        mac = self._keyed.copy()
+        mac.update(secret.encode("utf-8"))
+        return "fp_" + mac.hexdigest()[:FINGERPRINT_CHARS]
+
+    def describe(self, secret: str) -> Redacted:
+        match = PREFIX.match(secret)
+        # Short custom keys keep no last4: four characters of an eight-character key is half of it.
+        last4 = secret[-4:] if len(secret) >= 16 else ""
+        return Redacted(self.fingerprint(secret), match.group(0) if match else "", last4)
+
+    def redact(self, value: Any, field: str = "") -> Any:
+        """A copy of a parsed JSON value with every secret replaced by `Redacted.as_json()`.
+
+        Secrets are found by field name (`key`, `token`, ...) and by shape (`live_…` anywhere, also inside text).
+        """
+        if isinstance(value, str):
+            if not value:
+                return value
+            if _is_secret_field(field) or KEY_VALUE.match(value):
+                return self.describe(value).as_json()
+            if "live_" in value or "test_" in value:
+                return KEY_IN_TEXT.sub(lambda m: f"[redacted {self.fingerprint(m.group(0))}]", value)
+            return value
+        if isinstance(value, dict):
+            return {k: self.redact(v, k) if isinstance(v, str | dict | list) else v for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.redact(v, field) if isinstance(v, str | dict | list) else v for v in value]
+        return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_field(name: str) -> bool:
+    return name.lower().replace("_", "").replace("-", "") in SECRET_FIELDS
+
+
 def fingerprint(pepper: bytes, secret: str) -> str:
-    return "fp_" + hmac.new(pepper, secret.encode("utf-8"), hashlib.sha256).hexdigest()[:FINGERPRINT_CHARS]
+    return Redactor(pepper).fingerprint(secret)
 
 
 def describe(pepper: bytes, secret: str) -> Redacted:
-    match = PREFIX.match(secret)
-    # Short custom keys keep no last4: four characters of an eight-character key is half of it.
-    last4 = secret[-4:] if len(secret) >= 16 else ""
-    return Redacted(fingerprint(pepper, secret), match.group(0) if match else "", last4)
+    return Redactor(pepper).describe(secret)
 
 
 def is_redacted(value: Any) -> bool:
     return isinstance(value, dict) and value.get("redacted") is True and "fingerprint" in value
 
 
-def redact(value: Any, pepper: bytes, field: str = "") -> Any:
-    """A copy of a parsed JSON value with every secret replaced by `Redacted.as_json()`.
-
-    Secrets are found by field name (`key`, `token`, ...) and by shape (`live_…` anywhere, also inside text).
-    """
-    if isinstance(value, dict):
-        return {k: redact(v, pepper, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, pepper, field) for v in value]
-    if isinstance(value, str) and value:
-        if field.lower().replace("_", "").replace("-", "") in SECRET_FIELDS or KEY_VALUE.match(value):
-            return describe(pepper, value).as_json()
-        if "live_" in value or "test_" in value:
-            return KEY_IN_TEXT.sub(lambda m: f"[redacted {fingerprint(pepper, m.group(0))}]", value)
-    return value
+def redact(value: Any, pepper: bytes) -> Any:
+    """`Redactor(pepper).redact(value)`, for callers that redact once."""
+    return Redactor(pepper).redact(value)
