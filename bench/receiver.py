@@ -9,7 +9,6 @@ Each server is one uvicorn process on 127.0.0.1; rounds alternate bare/keytrail 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil

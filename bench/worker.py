@@ -28,10 +28,10 @@ from rq.serializers import JSONSerializer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from fakes.hec import FakeHec  # noqa: E402
+from fakes.hec import FakeHec
 
-from config.queues import INGEST_QUEUE, NORMALIZE_JOB  # noqa: E402
-from ingest.redaction import Redactor  # noqa: E402
+from config.queues import INGEST_QUEUE, NORMALIZE_JOB
+from ingest.redaction import Redactor
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 HEC_TOKEN = "bench-hec-token"
@@ -107,14 +107,14 @@ def main() -> int:
         made = events(args.events, Redactor(pepper))
         batches = [made[i : i + args.batch] for i in range(0, len(made), args.batch)]
 
-        startup = timed(base + ["ingest"])  # an empty queue: what starting a worker process costs
+        startup = timed([*base, "ingest"])  # an empty queue: what starting a worker process costs
         preload(redis, "builtins.len", batches)
-        baseline = timed(base + ["ingest"]) - startup
+        baseline = timed([*base, "ingest"]) - startup
         redis.flushdb()
 
         preload(redis, NORMALIZE_JOB, batches)
-        normalize = timed(base + ["ingest"]) - startup
-        deliver = timed(base + ["deliver"]) - startup
+        normalize = timed([*base, "ingest"]) - startup
+        deliver = timed([*base, "deliver"]) - startup
         staged = hec.event_count
 
         # Both stages at once, as deployed: one process per queue, side by side on the machine's two cores.
@@ -123,8 +123,8 @@ def main() -> int:
         preload(redis, NORMALIZE_JOB, [made[i : i + args.batch] for i in range(0, len(made), args.batch)])
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         started = time.perf_counter()
-        ingest = subprocess.Popen(base + ["ingest"], cwd=ROOT, env=env)
-        deliverer = subprocess.Popen(base[:-2] + ["--queue", "deliver"], cwd=ROOT, env=env)
+        ingest = subprocess.Popen([*base, "ingest"], cwd=ROOT, env=env)
+        deliverer = subprocess.Popen([*base[:-2], "--queue", "deliver"], cwd=ROOT, env=env)
         deadline = started + 600
         while hec.event_count < 2 * args.events and time.perf_counter() < deadline:
             time.sleep(0.01)

@@ -10,6 +10,7 @@ busy request loop for every step of the write, which tripled its latency under l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,10 +104,9 @@ class GroupCommitter:
 
     async def start(self) -> None:
         self._closed = False
-        try:
+        # Redis down at start is not fatal: the first write fails and says so (503), and /readyz reports it.
+        with contextlib.suppress(RedisError):
             await asyncio.to_thread(self._queue.get_redis_server_version)
-        except RedisError:
-            pass  # Redis is down at start: the first write will fail and say so (503), and readyz reports it
 
     async def stop(self) -> None:
         """Write what is pending, wait for in-flight writes, then stop."""

@@ -52,7 +52,7 @@ class Redactor:
         last4 = secret[-4:] if len(secret) >= 16 else ""
         return Redacted(self.fingerprint(secret), match.group(0) if match else "", last4)
 
-    def redact(self, value: Any, field: str = "") -> Any:
+    def redact(self, value: Any, field: str = "") -> Any:  # noqa: PLR0911 - one return per JSON type
         """A copy of a parsed JSON value with every secret replaced by `Redacted.as_json()`.
 
         Secrets are found by field name (`key`, `token`, ...) and by shape (`live_…` anywhere, also inside text).

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from config.settings import TenantSettings
 
-TOKEN_HEADER = "x-keytrail-token"
+TOKEN_HEADER = "x-keytrail-token"  # noqa: S105 - a header name, not a secret
 SIGNATURE_HEADER = "theauthapi-signature"
 
 

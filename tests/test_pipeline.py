@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import signal
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from harness import REDIS_URL, ServerThread, SettingsFactory, signed_headers, wait_until
 from redis import Redis
 
 from config import Settings
 from config.logging import configure_logging
 from config.queues import DELIVER_QUEUE, INGEST_QUEUE
-from harness import REDIS_URL, ServerThread, SettingsFactory, signed_headers, wait_until
 from ingest.app import create_app
 from keytrail.simulation import TOPICS, make_delivery
 from workers.runner import run_worker
@@ -144,7 +145,7 @@ def test_records_are_hash_chained_per_tenant(
     finally:
         store.close()
     assert ordered[0].prev_hash == "0" * 64
-    for previous, current in zip(ordered, ordered[1:], strict=False):
+    for previous, current in itertools.pairwise(ordered):
         assert current.prev_hash == previous.hash
         assert current.chained(previous.hash).hash == current.hash
     assert len(chain) == len(ordered)

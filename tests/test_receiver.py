@@ -10,13 +10,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from harness import SIGNING_SECRET, TOKEN, ServerThread, SettingsFactory, signed_headers
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from config import Settings
 from config.queues import INGEST_QUEUE, ping_key
-from harness import SIGNING_SECRET, TOKEN, ServerThread, SettingsFactory, signed_headers
 from ingest.app import create_app
 
 API_KEY = "live_Q2hhbmdlTWVQbGVhc2VJdHNBU2VjcmV0S2V5MDE"

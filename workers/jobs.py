@@ -119,7 +119,7 @@ def _send(sink_name: str, records: list[AuditRecord]) -> tuple[DeliveryReport, b
         return DeliveryReport.all(records, Outcome.REJECTED, f"sink disabled: {exc.reason}"), True
     except SinkRejected as exc:
         report = DeliveryReport.all(records, Outcome.REJECTED, exc.reason)
-    except Exception as exc:  # noqa: BLE001 - a user's plug-in sink may raise anything; keep the records, retry
+    except Exception as exc:  # a user's plug-in sink may raise anything: keep the records, retry
         log.exception("sink_crashed", sink=sink_name, error=type(exc).__name__)
         report = DeliveryReport.all(records, Outcome.RETRY, f"sink raised {type(exc).__name__}")
     return report, False

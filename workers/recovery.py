@@ -9,9 +9,10 @@ Requeueing can run a job twice; the jobs are idempotent, so the worst case is a 
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 
 import structlog
 from redis import Redis
@@ -51,10 +52,8 @@ class Guardian:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        try:
+        with contextlib.suppress(RedisError):
             self.redis.delete(alive_key(self.worker_name))
-        except RedisError:
-            pass
 
     def _run(self) -> None:
         beat = max(0.2, self.settings.worker.liveness_ttl_seconds / 4)

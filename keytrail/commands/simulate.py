@@ -51,6 +51,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             if interval:
                 time.sleep(max(0.0, started + (index + 1) * interval - time.monotonic()))
     elapsed = time.monotonic() - started
-    summary = ", ".join(f"{count}× {status}" for status, count in sorted(statuses.items()))
+    summary = ", ".join(f"{count} x {status}" for status, count in sorted(statuses.items()))
     print(f"sent {args.count} deliveries to {url} in {elapsed:.2f}s: {summary}")
     return 0 if set(statuses) <= {"202"} else 1
