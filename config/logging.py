@@ -41,6 +41,8 @@ def configure_logging(level: str = "info", *, json: bool | None = None, stream: 
     root.setLevel(_LEVELS.get(level, logging.INFO))
     # uvicorn's access log would print every request line; keytrail logs what matters itself.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # httpx logs every request at INFO; sinks and the bootstrap log the outcomes that matter themselves.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     # RQ logs several lines per job at INFO; keytrail logs one event per batch itself.
     if level != "debug":
         for name in ("rq.worker", "rq.queue", "rq.job", "rq.scheduler"):
