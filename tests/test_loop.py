@@ -1,0 +1,116 @@
+"""The whole loop: the fake Auth API delivers real webhooks to the real receiver; real workers store the records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from harness import REDIS_URL, ServerThread, free_port, wait_until
+from redis import Redis
+
+from config import Settings, load_settings
+from config.queues import DELIVER_QUEUE, INGEST_QUEUE
+from ingest.app import create_app
+from keytrail.cli import main
+from keytrail.fake_authapi import FakeAuthApi, FakeState
+from workers.records import Activity, EntityType
+from workers.runner import run_worker
+from workers.stores import RecordQuery, open_store
+
+ACCESS_KEY = "live_access_looptestaccesskey000001"
+TOKEN = "loop-test-token-0123456789"
+
+
+@pytest.fixture
+def loop(tmp_path: Path, redis: Redis) -> Iterator[tuple[Settings, Path, FakeAuthApi]]:
+    with FakeAuthApi(FakeState(bare_entity=False)) as fake:
+        fake.state.seed(ACCESS_KEY, "acct-1", ["proj-1"])
+        receiver_port = free_port()
+        config = tmp_path / "keytrail.toml"
+        config.write_text(
+            f'data_dir = "{tmp_path / "data"}"\n'
+            f'[redis]\nurl = "{REDIS_URL}"\n'
+            f'[audit]\nurl = "sqlite:///{tmp_path / "data" / "audit.db"}"\n'
+            f'[authapi]\nbase_url = "{fake.url}"\n'
+            f'[tenants.acme]\ntoken = "{TOKEN}"\naccess_key = "{ACCESS_KEY}"\naccount_id = "acct-1"\n'
+            f'project_ids = ["proj-1"]\npublic_url = "http://127.0.0.1:{receiver_port}"\n'
+            f'[[sinks]]\nname = "archive"\ntype = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
+        )
+        settings = load_settings(config, {})
+        with ServerThread(create_app(settings), port=receiver_port):
+            yield settings, config, fake
+
+
+def drain(settings: Settings) -> None:
+    run_worker(settings, INGEST_QUEUE, burst=True)
+    run_worker(settings, DELIVER_QUEUE, burst=True)
+
+
+def test_key_lifecycle_in_the_fake_becomes_audit_records(
+    loop: tuple[Settings, Path, FakeAuthApi], capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, config, fake = loop
+    assert main(["--config", str(config), "subscribe", "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pings"][0]["seen"] is True
+
+    api = httpx.Client(base_url=fake.url, headers={"x-api-key": ACCESS_KEY})
+    created = api.post("/api-keys", json={"name": "checkout", "projectId": "proj-1"}).json()
+    rotated = api.post(f"/api-keys/{created['key']}/rotate").json()
+    assert api.delete(f"/api-keys/{rotated['key']}").status_code == 200
+    api.close()
+    assert fake.state.wait_for_deliveries(timeout=15)
+    drain(settings)
+
+    store = open_store(settings.audit.url)
+    try:
+        records = [r for _, r in store.search(RecordQuery(tenant="acme", limit=100, oldest_first=True))]
+    finally:
+        store.close()
+    by_topic: dict[str, list[object]] = {}
+    for record in records:
+        by_topic.setdefault(record.topic, []).append(record)
+    assert len(by_topic["api-key.created"]) == 2  # the new key, then its rotated successor
+    assert len(by_topic["api-key.deleted"]) == 2  # the rotated-out key, then the successor
+    everything = json.dumps([r.to_dict() for r in records])
+    for raw in (created["key"], rotated["key"], ACCESS_KEY):
+        assert raw not in everything
+    for record in records:
+        assert record.entity.type is EntityType.API_KEY
+        assert record.entity.fingerprint and record.entity.fingerprint.startswith("fp_")
+        assert record.project_id == "proj-1"
+    deleted = [r for r in records if r.topic == "api-key.deleted"]
+    assert all(r.activity_id is Activity.DELETE for r in deleted)
+    assert {r.entity.last4 for r in deleted} == {created["key"][-4:], rotated["key"][-4:]}
+
+
+def test_redeliveries_from_the_fake_make_one_record_each(tmp_path: Path, redis: Redis) -> None:
+    state = FakeState(duplicates_every=1, out_of_order=True)
+    with FakeAuthApi(state) as fake:
+        fake.state.seed(ACCESS_KEY, "acct-1", ["proj-1"])
+        port = free_port()
+        config = tmp_path / "keytrail.toml"
+        config.write_text(
+            f'data_dir = "{tmp_path / "data"}"\n[redis]\nurl = "{REDIS_URL}"\n'
+            f'[audit]\nurl = "sqlite:///{tmp_path / "data" / "audit.db"}"\n[authapi]\nbase_url = "{fake.url}"\n'
+            f'[tenants.acme]\ntoken = "{TOKEN}"\naccess_key = "{ACCESS_KEY}"\naccount_id = "acct-1"\n'
+            f'project_ids = ["proj-1"]\npublic_url = "http://127.0.0.1:{port}"\n'
+            f'[[sinks]]\nname = "archive"\ntype = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
+        )
+        settings = load_settings(config, {})
+        with ServerThread(create_app(settings), port=port):
+            assert main(["--config", str(config), "subscribe", "--no-ping", "--format", "json"]) == 0
+            with httpx.Client(base_url=fake.url, headers={"x-api-key": ACCESS_KEY}) as api:
+                for index in range(4):
+                    api.post("/api-keys", json={"name": f"k{index}", "projectId": "proj-1"})
+            assert fake.state.wait_for_deliveries(timeout=15)
+            accepted = [d for d in fake.state.deliveries if d.status == 202]
+            assert len(accepted) > 4  # the fake did redeliver: 202 each time
+            drain(settings)
+    assert wait_until(lambda: (tmp_path / "out.jsonl").exists(), timeout=5)
+    shipped = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(shipped) == 4
+    assert len({s["event_id"] for s in shipped}) == 4
