@@ -71,6 +71,34 @@ class _RecordedPipeline:
         return record
 
 
+# Runs a batch's commands (as RQ wrote them) atomically in one round trip and returns the queue length. One EVALSHA
+# with flat arguments costs the receiver a fraction of what packing MULTI, each command and EXEC does in redis-py.
+# ARGV: for each command, its argument count, then the command and its arguments.
+_RUN_COMMANDS = """
+local i = 1
+while i <= #ARGV do
+  local argc = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + argc))
+  i = i + argc + 1
+end
+return redis.call('LLEN', KEYS[1])
+"""
+
+
+def _flatten(commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any] | None:
+    """The recorded commands as _RUN_COMMANDS arguments, or None if RQ used a form this does not know."""
+    argv: list[Any] = []
+    for name, args, kwargs in commands:
+        flat: list[Any] = [name.upper(), *args]
+        if kwargs:
+            if name != "hset" or set(kwargs) != {"mapping"}:
+                return None
+            for field, value in kwargs["mapping"].items():
+                flat += [field, value]
+        argv += [len(flat), *flat]
+    return argv
+
+
 class GroupCommitter:
     """Leader-style group commit, as databases do it: a write starts as soon as a writer slot is free, and
     whatever arrives while writes are in flight goes out together in the next one. Under light load a batch
@@ -88,6 +116,7 @@ class GroupCommitter:
         on_commit: Any = None,
     ) -> None:
         self._redis = redis
+        self._run_commands = redis.register_script(_RUN_COMMANDS)
         # RQ builds the job (it reads the server version once through this client); the bytes go out on `redis`.
         self._queue = Queue(INGEST_QUEUE, connection=sync_redis, serializer=JSONSerializer)
         self._max_events = max(1, ingest.batch_max_events)
@@ -172,6 +201,9 @@ class GroupCommitter:
         )
         recorded = _RecordedPipeline()
         self._queue.enqueue_many([job], pipeline=recorded)  # type: ignore[arg-type]
+        argv = _flatten(recorded.commands)
+        if argv is not None:
+            return int(await self._run_commands(keys=[self._queue.key], args=argv))
         async with self._redis.pipeline(transaction=True) as pipe:
             for name, args, kwargs in recorded.commands:
                 getattr(pipe, name)(*args, **kwargs)
