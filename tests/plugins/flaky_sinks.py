@@ -10,7 +10,7 @@ from typing import Self
 
 from config.settings import SinkSettings
 from sinks.base import DeliveryReport, Outcome
-from sinks.errors import SinkUnavailable
+from sinks.errors import SinkRejected, SinkUnavailable
 from sinks.options import Options
 from workers.records import AuditRecord
 
@@ -50,3 +50,12 @@ class StallOnceSink(SwitchSink):
         with self.path.open("a") as handle:
             handle.writelines(json.dumps({"event_id": r.event_id}) + "\n" for r in records)
         return DeliveryReport.all(records, Outcome.DELIVERED)
+
+
+class RejectingSink(SwitchSink):
+    """Rejects every record (a permanent 4xx, say) while the file `switch` exists; otherwise delivers."""
+
+    def send(self, records: Sequence[AuditRecord]) -> DeliveryReport:
+        if self.switch.exists():
+            raise SinkRejected("peer said 422: unknown field (test switch)")
+        return super().send(records)
