@@ -1,5 +1,11 @@
-"""The SQLite audit store (WAL): the default for one machine. Writers serialize on BEGIN IMMEDIATE."""
+"""The SQLite audit store (WAL): the default for one machine. Writers serialize on BEGIN IMMEDIATE.
 
+Records are append-only: triggers abort any UPDATE or DELETE. The one exception is `prune`, which drops the
+delete trigger, removes a chain prefix and recreates the trigger inside the same transaction (SQLite's DDL is
+transactional, so no other connection ever sees the table unguarded), after writing a signed prune anchor.
+"""
+
+# ruff: noqa: S608 - SQL text is built only from this module's constants and placeholders; values are always bound.
 from __future__ import annotations
 
 import json
@@ -11,15 +17,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from workers.records import GENESIS_HASH, AuditRecord
 from workers.stores.base import (
+    CHECKPOINT_EVERY,
     AppendResult,
+    ChainHead,
+    ChainPlace,
+    ChainRow,
+    Checkpoint,
+    CheckpointKind,
+    CheckpointSigner,
     Delivery,
     DeliveryOutcomes,
     DeliveryState,
+    PruneResult,
     RecordQuery,
     Router,
+    StoredRecord,
+    StoreUnavailable,
 )
+
+log = structlog.get_logger("keytrail.audit")
+STREAM_BATCH = 2000
 
 # Versioned migrations, applied in order on open; a released entry is never edited, only appended to.
 MIGRATIONS: tuple[str, ...] = (
@@ -68,12 +89,43 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER records_append_only_delete BEFORE DELETE ON records
         BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
     """,
+    # 2: chain length + checkpoints (tamper evidence beyond the hash chain), indexes for verify/tail and the DLQ.
+    """
+    ALTER TABLE chain_heads ADD COLUMN length INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE chain_heads ADD COLUMN checkpointed INTEGER NOT NULL DEFAULT 0;
+    UPDATE chain_heads SET length = (SELECT count(*) FROM records WHERE records.tenant = chain_heads.tenant);
+    CREATE INDEX records_tenant_seq ON records (tenant, seq);
+    CREATE INDEX records_account ON records (account_id, time);
+    CREATE INDEX deliveries_state_updated ON deliveries (state, updated_at);
+    CREATE TABLE checkpoints (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant         TEXT NOT NULL,
+        seq            INTEGER NOT NULL,
+        hash           TEXT NOT NULL,
+        length         INTEGER NOT NULL,
+        kind           TEXT NOT NULL,
+        created_at     TEXT NOT NULL,
+        prev_signature TEXT NOT NULL,
+        key_id         TEXT NOT NULL,
+        signature      TEXT NOT NULL
+    );
+    CREATE INDEX checkpoints_tenant ON checkpoints (tenant, id);
+    CREATE INDEX checkpoints_tenant_seq ON checkpoints (tenant, seq);
+    CREATE TRIGGER checkpoints_append_only_update BEFORE UPDATE ON checkpoints
+        BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+    CREATE TRIGGER checkpoints_append_only_delete BEFORE DELETE ON checkpoints
+        BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+    """,
 )
 
 RECORD_COLUMNS = (
     "record_id, tenant, event_id, topic, time, received_at, entity_type, entity_uid, fingerprint, key_prefix, "
     "project_id, account_id, body, prev_hash, hash"
 )
+CHAIN_COLUMNS = "seq, " + RECORD_COLUMNS
+CHECKPOINT_COLUMNS = "id, tenant, seq, hash, length, kind, created_at, prev_signature, key_id, signature"
+DELIVERY_COLUMNS = "d.record_id, d.sink, d.state, d.attempts, d.next_at, d.reason, d.updated_at"
+DELETE_GUARD = "records_append_only_delete"
 
 
 def _now() -> str:
@@ -105,6 +157,21 @@ def record_from_body(body: str) -> AuditRecord:
     return AuditRecord.from_dict(json.loads(body))
 
 
+def chain_row(row: Sequence[Any]) -> ChainRow:
+    return ChainRow(*row)
+
+
+def checkpoint_from_row(row: Sequence[Any]) -> Checkpoint:
+    id_, tenant, seq, hash_, length, kind, created_at, prev_signature, key_id, signature = row
+    return Checkpoint(
+        tenant, seq, hash_, length, CheckpointKind(kind), created_at, prev_signature, key_id, signature, id_
+    )
+
+
+def delivery_from_row(row: Sequence[Any]) -> Delivery:
+    return Delivery(row[0], row[1], DeliveryState(row[2]), row[3], row[4], row[5], row[6])
+
+
 def glob_to_like(pattern: str) -> str:
     """A topic glob (`api-key.*`) as a LIKE pattern with `\\` as the escape character."""
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -113,46 +180,92 @@ def glob_to_like(pattern: str) -> str:
 
 def query_where(query: RecordQuery, placeholder: str = "?") -> tuple[str, list[Any]]:
     """The WHERE clause for a RecordQuery, shared by both backends (placeholders differ)."""
-    clauses: list[str] = []
-    params: list[Any] = []
-
-    def add(sql: str, value: Any) -> None:
-        clauses.append(sql.replace("?", placeholder))
-        params.append(value)
-
-    if query.tenant:
-        add("tenant = ?", query.tenant)
-    if query.topic:
-        add("topic LIKE ? ESCAPE '\\'", glob_to_like(query.topic))
-    if query.fingerprint:
-        add("fingerprint = ?", query.fingerprint)
-    if query.key_prefix:
-        add("key_prefix = ?", query.key_prefix)
-    if query.project_id:
-        add("project_id = ?", query.project_id)
-    if query.account_id:
-        add("account_id = ?", query.account_id)
-    if query.entity_type:
-        add("entity_type = ?", query.entity_type)
-    if query.since:
-        add("time >= ?", query.since)
-    if query.until:
-        add("time < ?", query.until)
+    conditions: list[tuple[str, tuple[Any, ...]]] = [
+        (sql, (value,))
+        for sql, value in (
+            ("tenant = ?", query.tenant),
+            ("topic LIKE ? ESCAPE '\\'", glob_to_like(query.topic) if query.topic else None),
+            ("fingerprint = ?", query.fingerprint),
+            ("key_prefix = ?", query.key_prefix),
+            ("project_id = ?", query.project_id),
+            ("account_id = ?", query.account_id),
+            ("entity_type = ?", query.entity_type),
+            ("event_id = ?", query.event_id),
+            ("time >= ?", query.since),
+            ("time < ?", query.until),
+        )
+        if value
+    ]
     if query.before_seq is not None:
-        add("seq > ?" if query.oldest_first else "seq < ?", query.before_seq)
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+        if query.event_time_order and query.cursor_time is not None:
+            cursor_time = query.cursor_time
+            conditions.append(("(time > ? OR (time = ? AND seq > ?))", (cursor_time, cursor_time, query.before_seq)))
+        else:
+            forward = query.oldest_first or query.event_time_order
+            conditions.append(("seq > ?" if forward else "seq < ?", (query.before_seq,)))
+    if not conditions:
+        return "", []
+    where = " WHERE " + " AND ".join(sql.replace("?", placeholder) for sql, _ in conditions)
+    return where, [value for _, values in conditions for value in values]
+
+
+def query_order_by(query: RecordQuery) -> str:
+    if query.event_time_order:
+        return " ORDER BY time ASC, seq ASC"
+    return " ORDER BY seq ASC" if query.oldest_first else " ORDER BY seq DESC"
+
+
+def deliveries_where(
+    *,
+    states: Sequence[DeliveryState],
+    sink: str | None,
+    topic: str | None,
+    since: str | None,
+    record_id: str | None,
+    placeholder: str = "?",
+) -> tuple[str, list[Any]]:
+    """The WHERE clause of `list_deliveries` over `deliveries d JOIN records r`, for both backends."""
+    if not states:
+        raise ValueError("list_deliveries needs at least one state")
+    clauses = [f"d.state IN ({', '.join('?' * len(states))})"]
+    params: list[Any] = [DeliveryState(s).value for s in states]
+    for sql, value in (
+        ("d.sink = ?", sink),
+        ("r.topic LIKE ? ESCAPE '\\'", glob_to_like(topic) if topic else None),
+        ("d.updated_at >= ?", since),
+        ("d.record_id = ?", record_id),
+    ):
+        if value is not None:
+            clauses.append(sql)
+            params.append(value)
+    return " WHERE " + " AND ".join(c.replace("?", placeholder) for c in clauses), params
 
 
 class SqliteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, signer: CheckpointSigner | None = None, checkpoint_every: int = CHECKPOINT_EVERY
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.signer = signer
+        self.checkpoint_every = max(1, checkpoint_every)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, safe on crash
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._migrate()
+        self._db = self._connect()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, safe on crash
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            db.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
+        return db
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -165,6 +278,17 @@ class SqliteStore:
                 raise
             self._db.execute("COMMIT")
 
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own in one read transaction: a stable snapshot (WAL) that blocks no writer."""
+        db = self._connect()
+        try:
+            db.execute("PRAGMA query_only=ON")
+            db.execute("BEGIN")
+            yield db
+        finally:
+            db.close()
+
     def _migrate(self) -> None:
         with self._write() as db:
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -176,37 +300,46 @@ class SqliteStore:
                         db.execute(statement)
                     db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
+    # ---- appending ------------------------------------------------------------------------------------------
+
     def append(self, records: Sequence[AuditRecord], route: Router) -> AppendResult:
         new_ids: list[str] = []
         existing_ids: list[str] = []
         now = _now()
+        written: list[Checkpoint] = []
         with self._write() as db:
-            heads: dict[str, str] = {}
+            heads: dict[str, ChainHead] = {}
             for record in records:
                 if db.execute(
                     "SELECT 1 FROM records WHERE tenant = ? AND event_id = ?", (record.tenant, record.event_id)
                 ).fetchone():
                     existing_ids.append(record.record_id)
                     continue
-                if record.tenant not in heads:
-                    row = db.execute("SELECT hash FROM chain_heads WHERE tenant = ?", (record.tenant,)).fetchone()
-                    heads[record.tenant] = row[0] if row else GENESIS_HASH
-                chained = record.chained(heads[record.tenant])
+                head = heads.get(record.tenant) or _head(db, record.tenant)
+                chained = record.chained(head.hash)
                 cursor = db.execute(
                     f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ({', '.join('?' * 15)})", record_row(chained)
                 )
-                heads[record.tenant] = chained.hash
-                db.execute(
-                    "INSERT INTO chain_heads (tenant, seq, hash) VALUES (?, ?, ?) "
-                    "ON CONFLICT (tenant) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                    (record.tenant, cursor.lastrowid, chained.hash),
+                assert cursor.lastrowid is not None
+                heads[record.tenant] = ChainHead(
+                    record.tenant, cursor.lastrowid, chained.hash, head.length + 1, head.checkpointed
                 )
                 db.executemany(
                     "INSERT OR IGNORE INTO deliveries (record_id, sink, state, updated_at) VALUES (?, ?, ?, ?)",
                     [(record.record_id, sink, DeliveryState.PENDING.value, now) for sink in route(record)],
                 )
                 new_ids.append(record.record_id)
+            for head in heads.values():
+                db.execute(
+                    "INSERT INTO chain_heads (tenant, seq, hash, length, checkpointed) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (tenant) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
+                    "length = excluded.length",
+                    (head.tenant, head.seq, head.hash, head.length, head.checkpointed),
+                )
+                if self.signer and head.length - head.checkpointed >= self.checkpoint_every:
+                    written.append(_insert_checkpoint(db, self.signer, head, CheckpointKind.PERIODIC, now))
             pending = self._pending(db, [r.record_id for r in records])
+        log_checkpoints(written)
         return AppendResult(new_ids, existing_ids, pending)
 
     def _pending(self, db: sqlite3.Connection, record_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -221,6 +354,8 @@ class SqliteStore:
                 pending.setdefault(sink, []).append(record_id)
         return pending
 
+    # ---- reading --------------------------------------------------------------------------------------------
+
     def get(self, record_ids: Sequence[str]) -> list[AuditRecord]:
         found: dict[str, AuditRecord] = {}
         with self._lock:
@@ -233,12 +368,68 @@ class SqliteStore:
 
     def search(self, query: RecordQuery) -> list[tuple[int, AuditRecord]]:
         where, params = query_where(query)
-        order = "ASC" if query.oldest_first else "DESC"
         with self._lock:
             rows = self._db.execute(
-                f"SELECT seq, body FROM records{where} ORDER BY seq {order} LIMIT ?", [*params, query.limit]
+                f"SELECT seq, body FROM records{where}{query_order_by(query)} LIMIT ?", [*params, query.limit]
             ).fetchall()
         return [(seq, record_from_body(body)) for seq, body in rows]
+
+    def count(self, query: RecordQuery) -> int:
+        where, params = query_where(query)
+        with self._lock:
+            total: int = self._db.execute(f"SELECT count(*) FROM records{where}", params).fetchone()[0]
+        return total
+
+    def stream(self, query: RecordQuery, *, limit: int | None = None) -> Iterator[StoredRecord]:
+        where, params = query_where(query)
+        sql = f"SELECT seq, body FROM records{where}{query_order_by(query)}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._reader() as db:
+            cursor = db.execute(sql, params)
+            while batch := cursor.fetchmany(STREAM_BATCH):
+                for seq, body in batch:
+                    yield StoredRecord(seq, body)
+
+    def locate(self, record_id: str) -> ChainPlace | None:
+        with self._lock:
+            db = self._db
+            found = db.execute("SELECT seq, tenant FROM records WHERE record_id = ?", (record_id,)).fetchone()
+            if found is None:
+                return None
+            seq, tenant = found
+            anchor = _latest_anchor(db, tenant)
+            before = db.execute(
+                "SELECT count(*) FROM records WHERE tenant = ? AND seq <= ? AND seq > ?",
+                (tenant, seq, anchor.seq if anchor else 0),
+            ).fetchone()[0]
+            previous = db.execute(
+                "SELECT record_id, hash FROM records WHERE tenant = ? AND seq < ? ORDER BY seq DESC LIMIT 1",
+                (tenant, seq),
+            ).fetchone()
+            following = db.execute(
+                "SELECT record_id, prev_hash FROM records WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT 1",
+                (tenant, seq),
+            ).fetchone()
+            covering = db.execute(
+                f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE tenant = ? AND seq >= ? ORDER BY seq, id LIMIT 1",
+                (tenant, seq),
+            ).fetchone()
+        return ChainPlace(
+            seq=seq,
+            position=(anchor.length if anchor else 0) + before,
+            previous=(previous[0], previous[1]) if previous else None,
+            next=(following[0], following[1]) if following else None,
+            checkpoint=checkpoint_from_row(covering) if covering else None,
+            anchor=anchor,
+        )
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SqliteSnapshot]:
+        with self._reader() as db:
+            yield SqliteSnapshot(db)
+
+    # ---- deliveries -----------------------------------------------------------------------------------------
 
     def to_deliver(self, sink: str, record_ids: Sequence[str]) -> list[tuple[AuditRecord, int]]:
         attempts: dict[str, int] = {}
@@ -272,15 +463,211 @@ class SqliteStore:
     def deliveries(self, record_id: str) -> list[Delivery]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT record_id, sink, state, attempts, next_at, reason, updated_at FROM deliveries "
-                "WHERE record_id = ? ORDER BY sink",
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.record_id = ? ORDER BY d.sink",
                 (record_id,),
             ).fetchall()
-        return [Delivery(r[0], r[1], DeliveryState(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+        return [delivery_from_row(r) for r in rows]
+
+    def list_deliveries(
+        self,
+        *,
+        states: Sequence[DeliveryState],
+        sink: str | None = None,
+        topic: str | None = None,
+        since: str | None = None,
+        record_id: str | None = None,
+        limit: int = 100,
+    ) -> list[tuple[Delivery, AuditRecord]]:
+        where, params = deliveries_where(states=states, sink=sink, topic=topic, since=since, record_id=record_id)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {DELIVERY_COLUMNS}, r.body FROM deliveries d JOIN records r ON r.record_id = d.record_id"
+                f"{where} ORDER BY d.updated_at DESC, r.seq DESC, d.sink LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+        return [(delivery_from_row(row), record_from_body(row[7])) for row in rows]
+
+    def reset_deliveries(self, sink: str, record_ids: Sequence[str]) -> list[str]:
+        reset: set[str] = set()
+        now = _now()
+        with self._write() as db:
+            for chunk in _chunks(list(dict.fromkeys(record_ids)), 500):
+                rows = db.execute(
+                    "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = NULL, reason = NULL, "
+                    f"updated_at = ? WHERE sink = ? AND state IN ('dead', 'retrying') "
+                    f"AND record_id IN ({', '.join('?' * len(chunk))}) RETURNING record_id",
+                    [now, sink, *chunk],
+                ).fetchall()
+                reset.update(rid for (rid,) in rows)
+        return [rid for rid in dict.fromkeys(record_ids) if rid in reset]
+
+    def count_deliveries(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        with self._lock:
+            rows = self._db.execute("SELECT sink, state, count(*) FROM deliveries GROUP BY sink, state").fetchall()
+        for sink, state, number in rows:
+            counts.setdefault(sink, {})[state] = number
+        return counts
+
+    # ---- checkpoints and retention --------------------------------------------------------------------------
+
+    def write_checkpoints(
+        self, signer: CheckpointSigner, kind: CheckpointKind = CheckpointKind.MANUAL, *, tenant: str | None = None
+    ) -> list[Checkpoint]:
+        now = _now()
+        written: list[Checkpoint] = []
+        with self._write() as db:
+            for head in _heads(db, tenant):
+                if head.length > head.checkpointed:
+                    written.append(_insert_checkpoint(db, signer, head, kind, now))
+        log_checkpoints(written)
+        return written
+
+    def prune(
+        self, before: str, signer: CheckpointSigner, *, tenant: str | None = None, dry_run: bool = False
+    ) -> list[PruneResult]:
+        now = _now()
+        results: list[PruneResult] = []
+        with self._write() as db:
+            for head in _heads(db, tenant):
+                anchor = _latest_anchor(db, head.tenant)
+                # The prefix ends at the first record received at/after `before`: the chain is cut, never holed.
+                cut = db.execute(
+                    "SELECT seq FROM records WHERE tenant = ? AND received_at >= ? ORDER BY seq LIMIT 1",
+                    (head.tenant, before),
+                ).fetchone()
+                last = db.execute(
+                    "SELECT seq, hash FROM records WHERE tenant = ? AND seq < ? ORDER BY seq DESC LIMIT 1",
+                    (head.tenant, cut[0] if cut else 2**62),
+                ).fetchone()
+                if last is None:
+                    results.append(PruneResult(head.tenant, 0, 0, None))
+                    continue
+                doomed = "SELECT record_id FROM records WHERE tenant = ? AND seq <= ?"
+                removed, undelivered = db.execute(
+                    f"SELECT (SELECT count(*) FROM records WHERE tenant = ? AND seq <= ?), "
+                    f"(SELECT count(*) FROM deliveries WHERE state != 'delivered' AND record_id IN ({doomed}))",
+                    (head.tenant, last[0], head.tenant, last[0]),
+                ).fetchone()
+                if dry_run:
+                    results.append(PruneResult(head.tenant, removed, undelivered, None))
+                    continue
+                at = ChainHead(head.tenant, last[0], last[1], (anchor.length if anchor else 0) + removed)
+                written = _insert_checkpoint(db, signer, at, CheckpointKind.PRUNE, now, move_head=False)
+                db.execute(f"DELETE FROM deliveries WHERE record_id IN ({doomed})", (head.tenant, last[0]))
+                guard = db.execute(
+                    "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?", (DELETE_GUARD,)
+                ).fetchone()[0]
+                db.execute(f"DROP TRIGGER {DELETE_GUARD}")
+                db.execute("DELETE FROM records WHERE tenant = ? AND seq <= ?", (head.tenant, last[0]))
+                db.execute(guard)
+                results.append(PruneResult(head.tenant, removed, undelivered, written))
+        log_checkpoints([r.anchor for r in results if r.anchor])
+        return results
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class SqliteSnapshot:
+    """Chains as of one read transaction on a private connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def tenants(self) -> list[str]:
+        rows = self._db.execute(
+            "SELECT tenant FROM chain_heads UNION SELECT DISTINCT tenant FROM records "
+            "UNION SELECT DISTINCT tenant FROM checkpoints ORDER BY 1"
+        ).fetchall()
+        return [tenant for (tenant,) in rows]
+
+    def head(self, tenant: str) -> ChainHead | None:
+        heads = _heads(self._db, tenant)
+        return heads[0] if heads else None
+
+    def checkpoints(self, tenant: str) -> list[Checkpoint]:
+        rows = self._db.execute(
+            f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE tenant = ? ORDER BY id", (tenant,)
+        ).fetchall()
+        return [checkpoint_from_row(row) for row in rows]
+
+    def rows(self, tenant: str) -> Iterator[ChainRow]:
+        cursor = self._db.execute(f"SELECT {CHAIN_COLUMNS} FROM records WHERE tenant = ? ORDER BY seq", (tenant,))
+        while batch := cursor.fetchmany(STREAM_BATCH):
+            yield from (chain_row(row) for row in batch)
+
+
+def log_checkpoints(written: Sequence[Checkpoint]) -> None:
+    """Checkpoints also go to the log stream: a copy outside the store that a rewrite of the store cannot reach."""
+    for checkpoint in written:
+        log.info(
+            "checkpoint_written",
+            tenant=checkpoint.tenant,
+            kind=str(checkpoint.kind),
+            seq=checkpoint.seq,
+            length=checkpoint.length,
+            hash=checkpoint.hash,
+            key_id=checkpoint.key_id,
+            signature=checkpoint.signature,
+        )
+
+
+def _head(db: sqlite3.Connection, tenant: str) -> ChainHead:
+    heads = _heads(db, tenant)
+    return heads[0] if heads else ChainHead(tenant, 0, GENESIS_HASH, 0)
+
+
+def _heads(db: sqlite3.Connection, tenant: str | None) -> list[ChainHead]:
+    sql = "SELECT tenant, seq, hash, length, checkpointed FROM chain_heads"
+    rows = db.execute(f"{sql} WHERE tenant = ?", (tenant,)) if tenant else db.execute(f"{sql} ORDER BY tenant")
+    return [ChainHead(*row) for row in rows]
+
+
+def _latest_anchor(db: sqlite3.Connection, tenant: str) -> Checkpoint | None:
+    row = db.execute(
+        f"SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE tenant = ? AND kind = 'prune' ORDER BY id DESC LIMIT 1",
+        (tenant,),
+    ).fetchone()
+    return checkpoint_from_row(row) if row else None
+
+
+def _insert_checkpoint(
+    db: sqlite3.Connection,
+    signer: CheckpointSigner,
+    head: ChainHead,
+    kind: CheckpointKind,
+    now: str,
+    *,
+    move_head: bool = True,
+) -> Checkpoint:
+    row = db.execute(
+        "SELECT signature FROM checkpoints WHERE tenant = ? ORDER BY id DESC LIMIT 1", (head.tenant,)
+    ).fetchone()
+    checkpoint = Checkpoint.signed(signer, head, kind, now, row[0] if row else "")
+    cursor = db.execute(
+        f"INSERT INTO checkpoints ({CHECKPOINT_COLUMNS.removeprefix('id, ')}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            checkpoint.tenant,
+            checkpoint.seq,
+            checkpoint.hash,
+            checkpoint.length,
+            checkpoint.kind.value,
+            checkpoint.created_at,
+            checkpoint.prev_signature,
+            checkpoint.key_id,
+            checkpoint.signature,
+        ),
+    )
+    if move_head:
+        db.execute("UPDATE chain_heads SET checkpointed = ? WHERE tenant = ?", (head.length, head.tenant))
+    assert cursor.lastrowid is not None
+    return Checkpoint(**{**_fields(checkpoint), "id": cursor.lastrowid})
+
+
+def _fields(checkpoint: Checkpoint) -> dict[str, Any]:
+    return {name: getattr(checkpoint, name) for name in Checkpoint.__dataclass_fields__}
 
 
 def _statements(script: str) -> list[str]:

@@ -1,0 +1,271 @@
+"""The audit HTTP API on the receiver's app: bearer tokens, filters and cursors, one record, verify, OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from stores_fixtures import (
+    make_record,
+    route_all,
+    store_url_fixture,  # noqa: F401 - fixtures
+    tamper,
+)
+
+from config import Settings, settings_from_mapping
+from config.datadir import pepper
+from ingest import api
+from ingest.app import create_app
+from ingest.redaction import fingerprint
+from workers.stores import DeliveryOutcomes, open_store
+from workers.stores.base import FILTERS
+
+TOKENS = ["first-admin-token-0123456789", "second-admin-token-9876543210"]
+RAW_KEY = "live_Qw3rTy5uI7oP9aS1dF3gH5jK7lZ9"
+
+
+class TestClient:
+    """Requests straight into the ASGI app (httpx's ASGITransport). The receiver's lifespan, which needs Redis,
+    is not run: the API must not need it. An exception inside the app fails the test instead of becoming a 500."""
+
+    __test__ = False
+
+    def __init__(self, app: Starlette, headers: dict[str, str] | None = None) -> None:
+        self.app = app
+        self.headers = headers or {}
+
+    def get(
+        self, path: str, *, params: dict[str, str] | None = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://receiver", headers=self.headers) as c:
+                return await c.get(path, params=params, headers=headers)
+
+        return asyncio.run(send())
+
+
+def settings_for(tmp_path: Path, url: str, tokens: list[str] = TOKENS) -> Settings:
+    return settings_from_mapping(
+        {"data_dir": str(tmp_path / "data"), "audit": {"url": url}, "api": {"tokens": tokens}}, {}
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path, store_url: str) -> Settings:
+    return settings_for(tmp_path, store_url)
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Starlette]:
+    """The receiver's app (its lifespan, which needs Redis, is not entered: the API must not need it)."""
+    application = create_app(settings)
+    yield application
+    api.close(application)
+
+
+@pytest.fixture
+def client(app: Starlette) -> TestClient:
+    return TestClient(app, headers={"authorization": f"Bearer {TOKENS[1]}"})
+
+
+def fill(settings: Settings, records: list[Any]) -> None:
+    store = open_store(settings.audit.url)
+    try:
+        store.append(records, route_all)
+    finally:
+        store.close()
+
+
+def body(response: httpx.Response) -> dict[str, Any]:
+    data: dict[str, Any] = response.json()
+    return data
+
+
+# ---- authorization ------------------------------------------------------------------------------------------
+
+
+PATHS = ["/api/audit/records", "/api/audit/records/rec_x", "/api/audit/verify", "/api/openapi.json"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_without_configured_tokens_the_api_does_not_exist(tmp_path: Path, path: str) -> None:
+    app = create_app(settings_for(tmp_path, f"sqlite:///{tmp_path / 'a.db'}", tokens=[]))
+    response = TestClient(app).get(path, headers={"authorization": f"Bearer {TOKENS[0]}"})
+    assert response.status_code == 404
+    assert not (tmp_path / "a.db").exists()  # nothing opened the store
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "", "Bearer", "Bearer ", f"Basic {TOKENS[0]}", "Bearer wrong-token", f"Bearer {TOKENS[0]}x"],
+)
+def test_a_missing_or_wrong_token_is_401(tmp_path: Path, header: str | None) -> None:
+    app = create_app(settings_for(tmp_path, f"sqlite:///{tmp_path / 'a.db'}"))
+    client = TestClient(app)
+    headers = {"authorization": header} if header is not None else {}
+    for path in PATHS[:3]:
+        response = client.get(path, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert body(response) == {"error": "a valid bearer token is required"}
+    assert not (tmp_path / "a.db").exists()
+
+
+def test_any_configured_token_is_accepted(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path, f"sqlite:///{tmp_path / 'a.db'}"))
+    client = TestClient(app)
+    try:
+        for token in TOKENS:
+            assert client.get("/api/audit/records", headers={"authorization": f"bearer {token}"}).status_code == 200
+    finally:
+        api.close(app)
+
+
+# ---- records --------------------------------------------------------------------------------------------------
+
+
+def test_records_filter_and_page_with_an_opaque_cursor(settings: Settings, client: TestClient) -> None:
+    key = fingerprint(pepper(settings), RAW_KEY)
+    fill(settings, [make_record(n, key=key if n % 2 else None) for n in range(9)])
+    fill(settings, [make_record(0, tenant="beta", key=key)])
+
+    seen: list[str] = []
+    params: dict[str, str] = {"key": RAW_KEY, "tenant": "acme", "limit": "2", "since": "2026-11-01T00:00:00Z"}
+    for _ in range(5):
+        response = client.get("/api/audit/records", params=params)
+        assert response.status_code == 200, response.text
+        page = body(response)
+        seen += [r["record_id"] for r in page["records"]]
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert seen == ["rec_acme_000007", "rec_acme_000005", "rec_acme_000003", "rec_acme_000001"]
+
+    by_prefix = body(client.get("/api/audit/records", params={"key": "live_", "topic": "api-key.*"}))
+    assert len(by_prefix["records"]) == 5
+    assert by_prefix["next_cursor"] is None
+    oldest = body(client.get("/api/audit/records", params={"order": "oldest", "limit": "1"}))
+    assert oldest["records"][0]["record_id"] == "rec_acme_000000"
+    assert oldest["records"][0]["hash"]
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"since": "yesterday"}, "since: not a time"),
+        ({"until": "2026-13-45"}, "until: not a time"),
+        ({"limit": "ten"}, "limit must be a whole number"),
+        ({"limit": "0"}, "limit must be between 1 and 1000"),
+        ({"limit": "5000"}, "limit must be between 1 and 1000"),
+        ({"limit": "-1"}, "limit must be a whole number"),
+        ({"cursor": "garbage"}, "cursor is not one this server issued"),
+        ({"cursor": "eyJzIjoxLCJvIjoibmV3ZXN0In0", "order": "event_time"}, "another order"),
+        ({"entity_type": "robot"}, "entity type 'robot'"),
+        ({"order": "sideways"}, "order must be one of"),
+        ({"colour": "red"}, "unknown parameter 'colour'"),
+        ({"key": ""}, "key must not be empty"),
+    ],
+)
+def test_bad_filter_values_are_400_with_a_reason(client: TestClient, params: dict[str, str], reason: str) -> None:
+    response = client.get("/api/audit/records", params=params)
+    assert response.status_code == 400
+    assert reason in body(response)["error"]
+
+
+def test_one_record_with_its_chain_and_deliveries(settings: Settings, client: TestClient) -> None:
+    fill(settings, [make_record(n) for n in range(3)])
+    store = open_store(settings.audit.url)
+    try:
+        store.record_outcomes("archive", DeliveryOutcomes(delivered=["rec_acme_000002"]))
+    finally:
+        store.close()
+
+    detail = body(client.get("/api/audit/records/rec_acme_000002"))
+    assert detail["record"]["event_id"] == "evt-2"
+    assert detail["chain"]["position"] == 3
+    assert detail["chain"]["previous_record_id"] == "rec_acme_000001"
+    assert detail["chain"]["hash_ok"]
+    assert detail["chain"]["linked_to_previous"]
+    assert {(d["sink"], d["state"]) for d in detail["deliveries"]} == {("archive", "delivered"), ("splunk", "pending")}
+    missing = client.get("/api/audit/records/rec_nope")
+    assert (missing.status_code, body(missing)) == (404, {"error": "no such record"})
+
+
+# ---- verify ---------------------------------------------------------------------------------------------------
+
+
+def test_verify_reports_a_break(settings: Settings, client: TestClient) -> None:
+    fill(settings, [make_record(n) for n in range(4)] + [make_record(0, tenant="beta")])
+    assert body(client.get("/api/audit/verify"))["ok"] is True
+    tamper(settings.audit.url, [("DELETE FROM records WHERE event_id = 'evt-1' AND tenant = 'acme'", [])])
+
+    report = body(client.get("/api/audit/verify"))
+    assert report["ok"] is False
+    acme = next(t for t in report["tenants"] if t["tenant"] == "acme")
+    assert (acme["break"]["kind"], acme["break"]["record_id"]) == ("deleted", "rec_acme_000002")
+    assert body(client.get("/api/audit/verify", params={"tenant": "beta"}))["ok"] is True
+    assert client.get("/api/audit/verify", params={"tenant": "gamma"}).status_code == 404
+    assert client.get("/api/audit/verify", params={"tnt": "beta"}).status_code == 400
+
+
+# ---- the store, lazily --------------------------------------------------------------------------------------------
+
+
+def test_the_receiver_starts_and_answers_503_when_the_store_is_unreachable(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path, "postgresql://postgres@127.0.0.1:1/keytrail_test?connect_timeout=2"))
+    client = TestClient(app, headers={"authorization": f"Bearer {TOKENS[0]}"})
+    assert client.get("/healthz").status_code == 200
+    response = client.get("/api/audit/records")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert client.get("/api/openapi.json").status_code == 200
+
+
+def test_the_store_opens_on_the_first_request_that_needs_it(tmp_path: Path) -> None:
+    path = tmp_path / "later" / "audit.db"
+    app = create_app(settings_for(tmp_path, f"sqlite:///{path}"))
+    client = TestClient(app, headers={"authorization": f"Bearer {TOKENS[0]}"})
+    try:
+        assert client.get("/api/openapi.json").status_code == 200
+        assert not path.exists()
+        assert client.get("/api/audit/records").status_code == 200
+        assert path.exists()
+    finally:
+        api.close(app)
+
+
+# ---- OpenAPI --------------------------------------------------------------------------------------------------
+
+
+def test_openapi_describes_the_api_without_a_token(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path, f"sqlite:///{tmp_path / 'a.db'}"))
+    document = body(TestClient(app).get("/api/openapi.json"))
+    assert document["openapi"].startswith("3.1")
+    assert set(document["paths"]) == {
+        "/api/audit/records",
+        "/api/audit/records/{record_id}",
+        "/api/audit/verify",
+        "/api/openapi.json",
+    }
+    listing = document["paths"]["/api/audit/records"]["get"]
+    assert {p["name"] for p in listing["parameters"]} == {*FILTERS, "limit", "cursor", "order"}
+    assert {"200", "400", "401", "404", "503"} <= set(listing["responses"])
+    assert document["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    refs = _refs(document)
+    assert refs
+    assert all(ref.removeprefix("#/components/schemas/") in document["components"]["schemas"] for ref in refs)
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if "$ref" in node else []
+        return found + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
