@@ -62,7 +62,6 @@ from workers.stores.sqlite import (
 # Advisory lock keys (any constants; they only have to differ from other applications' on the same database).
 MIGRATION_LOCK = 0x6B65797472_01
 APPEND_LOCK = 0x6B65797472_02
-INSERT_CHUNK = 1000
 
 # Versioned migrations, applied in order on open; a released entry is never edited, only appended to.
 # Text columns compare in "C" collation: ISO times and ids sort bytewise, and LIKE 'prefix%' can use an index.
@@ -253,12 +252,20 @@ class PostgresStore:
                     for head in heads.values():
                         if head.length - head.checkpointed >= self.checkpoint_every:
                             written.append(_insert_checkpoint(conn, self.signer, head, CheckpointKind.PERIODIC, now))
+            # A new record's deliveries are all pending; only those of records stored before are looked up (by
+            # primary key: a filter on state would read every pending row of a busy store).
             pending: dict[str, list[str]] = {}
-            for sink, record_id in conn.execute(
-                "SELECT sink, record_id FROM deliveries WHERE state = 'pending' AND record_id = ANY(%s)",
-                ([r.record_id for r in records],),
-            ):
-                pending.setdefault(sink, []).append(record_id)
+            for record in chained:
+                for sink in dict.fromkeys(route(record)):
+                    pending.setdefault(sink, []).append(record.record_id)
+            fresh = set(new_ids)
+            stored_before = list(dict.fromkeys(rid for rid in existing_ids if rid not in fresh))
+            if stored_before:
+                for sink, record_id, state in conn.execute(
+                    "SELECT sink, record_id, state FROM deliveries WHERE record_id = ANY(%s)", (stored_before,)
+                ):
+                    if state == DeliveryState.PENDING:
+                        pending.setdefault(sink, []).append(record_id)
         log_checkpoints(written)
         return AppendResult(new_ids, existing_ids, pending)
 
@@ -271,22 +278,19 @@ class PostgresStore:
         now: str,
     ) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-        seqs: dict[str, int] = {}
-        row = "(" + ", ".join(["%s"] * 15) + ")"
-        for start in range(0, len(chained), INSERT_CHUNK):
-            chunk = chained[start : start + INSERT_CHUNK]
-            values = ", ".join([row] * len(chunk))
-            returned = conn.execute(
-                f"INSERT INTO records ({RECORD_COLUMNS}) VALUES {values} RETURNING record_id, seq",
-                [value for record in chunk for value in record_row(record)],
-            ).fetchall()
-            seqs.update(returned)
+        # One INSERT per record, pipelined (one round trip for the batch): numbered in exactly the chain's order.
         last: dict[str, int] = {}
-        for record in chained:
-            seq = seqs[record.record_id]
-            if seq <= last.get(record.tenant, 0):
-                raise RuntimeError("records were numbered out of chain order; nothing was stored")
-            last[record.tenant] = seq
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ({', '.join(['%s'] * 15)}) RETURNING seq",
+                [record_row(record) for record in chained],
+                returning=True,
+            )
+            for record in chained:
+                row = cursor.fetchone()
+                assert row is not None
+                last[record.tenant] = int(row[0])
+                cursor.nextset()
         for tenant, seq in last.items():
             heads[tenant] = replace(heads[tenant], seq=seq)
         with conn.cursor() as cursor:
@@ -294,7 +298,7 @@ class PostgresStore:
                 "UPDATE chain_heads SET seq = %s, hash = %s, length = %s WHERE tenant = %s",
                 [(heads[t].seq, heads[t].hash, heads[t].length, t) for t in last],
             )
-        targets = [(record.record_id, sink) for record in chained for sink in route(record)]
+        targets = [(record.record_id, sink) for record in chained for sink in dict.fromkeys(route(record))]
         if targets:
             conn.execute(
                 "INSERT INTO deliveries (record_id, sink, state, updated_at) "

@@ -307,6 +307,7 @@ class SqliteStore:
         existing_ids: list[str] = []
         now = _now()
         written: list[Checkpoint] = []
+        pending: dict[str, list[str]] = {}  # a new record's deliveries are all pending; existing ones are looked up
         with self._write() as db:
             heads: dict[str, ChainHead] = {}
             for record in records:
@@ -324,10 +325,13 @@ class SqliteStore:
                 heads[record.tenant] = ChainHead(
                     record.tenant, cursor.lastrowid, chained.hash, head.length + 1, head.checkpointed
                 )
+                sinks = list(dict.fromkeys(route(record)))
                 db.executemany(
                     "INSERT OR IGNORE INTO deliveries (record_id, sink, state, updated_at) VALUES (?, ?, ?, ?)",
-                    [(record.record_id, sink, DeliveryState.PENDING.value, now) for sink in route(record)],
+                    [(record.record_id, sink, DeliveryState.PENDING.value, now) for sink in sinks],
                 )
+                for sink in sinks:
+                    pending.setdefault(sink, []).append(record.record_id)
                 new_ids.append(record.record_id)
             for head in heads.values():
                 db.execute(
@@ -338,21 +342,11 @@ class SqliteStore:
                 )
                 if self.signer and head.length - head.checkpointed >= self.checkpoint_every:
                     written.append(_insert_checkpoint(db, self.signer, head, CheckpointKind.PERIODIC, now))
-            pending = self._pending(db, [r.record_id for r in records])
+            stored_before = set(existing_ids) - set(new_ids)  # not a duplicate of a record new in this batch
+            for sink, record_ids in _pending(db, [rid for rid in existing_ids if rid in stored_before]).items():
+                pending.setdefault(sink, []).extend(record_ids)
         log_checkpoints(written)
         return AppendResult(new_ids, existing_ids, pending)
-
-    def _pending(self, db: sqlite3.Connection, record_ids: Sequence[str]) -> dict[str, list[str]]:
-        pending: dict[str, list[str]] = {}
-        for chunk in _chunks(list(dict.fromkeys(record_ids)), 500):
-            rows = db.execute(
-                f"SELECT sink, record_id FROM deliveries WHERE state = 'pending' "
-                f"AND record_id IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            )
-            for sink, record_id in rows:
-                pending.setdefault(sink, []).append(record_id)
-        return pending
 
     # ---- reading --------------------------------------------------------------------------------------------
 
@@ -612,6 +606,19 @@ def log_checkpoints(written: Sequence[Checkpoint]) -> None:
             key_id=checkpoint.key_id,
             signature=checkpoint.signature,
         )
+
+
+def _pending(db: sqlite3.Connection, record_ids: Sequence[str]) -> dict[str, list[str]]:
+    pending: dict[str, list[str]] = {}
+    for chunk in _chunks(list(dict.fromkeys(record_ids)), 500):
+        rows = db.execute(
+            f"SELECT sink, record_id, state FROM deliveries WHERE record_id IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        )
+        for sink, record_id, state in rows:
+            if state == DeliveryState.PENDING:
+                pending.setdefault(sink, []).append(record_id)
+    return pending
 
 
 def _head(db: sqlite3.Connection, tenant: str) -> ChainHead:
