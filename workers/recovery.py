@@ -22,6 +22,7 @@ from rq.exceptions import NoSuchJobError
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from config.queues import DELIVER_QUEUE, DRIFT_CHECK_JOB, INGEST_QUEUE, alive_key
@@ -31,12 +32,20 @@ log = structlog.get_logger("keytrail.recovery")
 
 
 class Guardian:
-    """Keeps this worker's liveness key fresh and recovers other workers' abandoned jobs, from one thread."""
+    """From one thread of the worker process: keeps its liveness key fresh, recovers dead workers' jobs, and runs
+    RQ's scheduler for its queue (due retries back onto the queue).
 
-    def __init__(self, redis: Redis, worker_name: str, settings: Settings) -> None:
+    RQ would run the scheduler as a forked child, which outlives a SIGKILLed worker and holds the scheduler lock
+    until it dies; in this thread it dies with the worker, and a lock held by a dead worker is reclaimed at once."""
+
+    def __init__(self, redis: Redis, worker_name: str, settings: Settings, queue: str | None = None) -> None:
         self.redis = redis
         self.worker_name = worker_name
         self.settings = settings
+        self.queue = queue
+        self.scheduler = (
+            RQScheduler([queue], connection=redis, serializer=JSONSerializer, name=worker_name) if queue else None
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="keytrail-guardian", daemon=True)
         self._stranded: set[tuple[str, str]] = set()
@@ -53,15 +62,33 @@ class Guardian:
         self._stop.set()
         self._thread.join(timeout=5)
         with contextlib.suppress(RedisError):
+            if self.scheduler is not None:
+                self.scheduler.release_locks()  # type: ignore[no-untyped-call]
             self.redis.delete(alive_key(self.worker_name))
 
+    def schedule(self) -> None:
+        """Move due scheduled jobs (retries) onto the queue, if this worker holds the queue's scheduler lock."""
+        if self.scheduler is None or self.queue is None:
+            return
+        if self.scheduler.acquired_locks:
+            self.scheduler.heartbeat()  # type: ignore[no-untyped-call]
+        else:
+            lock = self.scheduler.get_locking_key(self.queue)
+            holder = self.redis.get(lock)
+            if holder is not None and not self.redis.exists(alive_key(_text(holder))):
+                self.redis.delete(lock)  # its owner is dead; SET NX below lets exactly one live worker take it
+            self.scheduler.acquire_locks()  # type: ignore[no-untyped-call]
+        if self.scheduler.acquired_locks:
+            self.scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+
     def _run(self) -> None:
-        beat = max(0.2, self.settings.worker.liveness_ttl_seconds / 4)
+        beat = min(1.0, max(0.2, self.settings.worker.liveness_ttl_seconds / 4))
         every = max(1, round(self.settings.worker.recovery_interval_seconds / beat))
         tick = 0
         while not self._stop.wait(beat):
             try:
                 self.heartbeat()
+                self.schedule()
                 if tick % every == 0:
                     self.recover()
                     self.schedule_drift_check()

@@ -53,13 +53,15 @@ def run_worker(settings: Settings, queue: str, *, burst: bool = False, with_sche
         name=name,
         maintenance_interval=60,
     )
-    guardian = Guardian(redis, name, settings)
+    guardian = Guardian(redis, name, settings, queue=queue if with_scheduler else None)
     guardian.start()
     recovered = guardian.recover()
+    guardian.schedule()  # due retries first, also in burst mode
     log.info("worker_started", queue=queue, name=name, recovered=recovered)
     try:
         level = "DEBUG" if settings.log_level == "debug" else "WARNING"  # RQ logs lines per job at INFO
-        return bool(worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=level))
+        # RQ's own scheduler would fork a process per worker; the guardian thread schedules instead (see there).
+        return bool(worker.work(burst=burst, with_scheduler=False, logging_level=level))
     finally:
         guardian.stop()
         runtime.uninstall()
