@@ -240,6 +240,18 @@ def test_the_store_opens_on_the_first_request_that_needs_it(tmp_path: Path) -> N
         api.close(app)
 
 
+def test_closing_the_app_closes_its_store_and_a_later_request_reopens_it(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path, f"sqlite:///{tmp_path / 'audit.db'}"))
+    client = TestClient(app, headers={"authorization": f"Bearer {TOKENS[0]}"})
+    try:
+        assert client.get("/api/audit/records").status_code == 200
+        api.close(app)
+        api.close(app)  # twice is harmless
+        assert client.get("/api/audit/records").status_code == 200
+    finally:
+        api.close(app)
+
+
 # ---- OpenAPI --------------------------------------------------------------------------------------------------
 
 

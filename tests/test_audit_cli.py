@@ -24,10 +24,10 @@ from config import Settings, settings_from_mapping
 from config.datadir import pepper
 from ingest.redaction import fingerprint
 from keytrail.cli import main
-from keytrail.commands.audit import record_table
+from keytrail.commands.audit import _export, record_table
 from workers.chain import HmacSigner
 from workers.normalize import record_id
-from workers.stores import AuditStore, DeliveryOutcomes, RecordQuery, open_store
+from workers.stores import AuditStore, DeliveryOutcomes, RecordQuery, StoredRecord, open_store
 
 RAW_KEY = "live_Zx8kP2mQ9vR4tY7uW1eS5dF3gH6jK0lA"
 
@@ -250,7 +250,8 @@ def test_tail_prints_the_latest_records_oldest_first(cli: AuditCli) -> None:
     assert text.out.startswith("2026-11-01 10:00:04  acme  api-key.created")
 
 
-def test_tail_follows_records_stored_after_it_started(cli: AuditCli) -> None:
+def test_tail_follows_records_stored_after_it_started(any_cli: AuditCli) -> None:
+    cli = any_cli
     cli.append([make_record(0), make_record(0, tenant="beta")])
     appended = threading.Event()
 
@@ -293,6 +294,13 @@ def test_export_streams_every_record_as_stored(any_cli: AuditCli, tmp_path: Path
     assert len(rows) == 10
     assert rows[0]["record_id"] == "rec_beta_000000"
     assert rows[0]["fingerprint"] == ""
+
+
+def test_export_drives_the_progress_bar_when_it_has_a_total() -> None:
+    rows = [StoredRecord(n, json.dumps(make_record(n).to_dict())) for n in range(2500)]
+    out = io.StringIO()
+    assert _export(iter(rows), "jsonl", out, total=len(rows)) == 2500
+    assert len(out.getvalue().splitlines()) == 2500
 
 
 def test_export_to_an_unwritable_path_is_one_line(cli: AuditCli, tmp_path: Path) -> None:

@@ -174,7 +174,7 @@ def _verify_tenant(snapshot: ChainSnapshot, tenant: str, signer: HmacSigner | No
         try:
             found = next(breaks, None)
         finally:
-            breaks.close()  # stops the walk: its server-side cursor closes now, inside the snapshot
+            breaks.close()  # the first break is enough: stop the walk
     return TenantVerification(tenant, walk.checked, len(checkpoints), found)
 
 
@@ -192,9 +192,15 @@ class _ChainWalk:
         self.checked = 0
 
     def breaks(self) -> Generator[Break, None, None]:
+        rows = _Peekable(self.snapshot.rows(self.tenant))
+        try:
+            yield from self._walk(rows)
+        finally:
+            rows.close()  # a server-side cursor closes now, inside the snapshot, not whenever GC gets to it
+
+    def _walk(self, rows: _Peekable) -> Iterator[Break]:
         expected = self.anchor.hash if self.anchor else GENESIS_HASH
         position = self.anchor.length if self.anchor else 0
-        rows = _Peekable(self.snapshot.rows(self.tenant))
         last: ChainRow | None = None
         for row in rows:
             if self.due and self.due[0].seq < row.seq:
@@ -323,7 +329,7 @@ def _at(row: ChainRow, kind: BreakKind, detail: str) -> Break:
 
 
 class _Peekable:
-    def __init__(self, rows: Iterator[ChainRow]) -> None:
+    def __init__(self, rows: Generator[ChainRow, None, None]) -> None:
         self._rows = rows
         self._next: list[ChainRow] = []
 
@@ -340,6 +346,9 @@ class _Peekable:
             except StopIteration:
                 return None
         return self._next[0]
+
+    def close(self) -> None:
+        self._rows.close()
 
 
 def write_checkpoints(store: AuditStore, signer: HmacSigner, *, tenant: str | None = None) -> list[Checkpoint]:

@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -261,7 +261,7 @@ class ChainSnapshot(Protocol):
         """The tenant's checkpoints in the order they were written."""
         ...
 
-    def rows(self, tenant: str) -> Iterator[ChainRow]:
+    def rows(self, tenant: str) -> Generator[ChainRow, None, None]:
         """The tenant's records in seq order, streamed."""
         ...
 

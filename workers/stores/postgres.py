@@ -14,7 +14,7 @@ setting `keytrail.prune` for its own transaction (SET LOCAL), which the trigger 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -558,7 +558,7 @@ class PostgresSnapshot:
         ).fetchall()
         return [checkpoint_from_row(row) for row in rows]
 
-    def rows(self, tenant: str) -> Iterator[ChainRow]:
+    def rows(self, tenant: str) -> Generator[ChainRow, None, None]:
         with self._conn.cursor(name="keytrail_chain") as cursor:
             cursor.itersize = STREAM_BATCH
             cursor.execute(f"SELECT {CHAIN_COLUMNS} FROM records WHERE tenant = %s ORDER BY seq", (tenant,))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -263,6 +263,12 @@ class SqliteStore:
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             db.execute("PRAGMA busy_timeout=30000")
+            # Record ids, event ids and fingerprints are hashes: each appended record dirties its own leaf page in
+            # four indexes once the table is large. A 64 MB page cache (default 2 MB) keeps those indexes' inner
+            # pages in memory, and a 32 MB WAL between checkpoints (default 4 MB) writes a page dirtied by several
+            # commits back once, with one fsync, instead of once per commit (bench/audit_store.py: +40% at 300k).
+            db.execute("PRAGMA cache_size=-65536")
+            db.execute("PRAGMA wal_autocheckpoint=8000")
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
         return db
@@ -587,7 +593,7 @@ class SqliteSnapshot:
         ).fetchall()
         return [checkpoint_from_row(row) for row in rows]
 
-    def rows(self, tenant: str) -> Iterator[ChainRow]:
+    def rows(self, tenant: str) -> Generator[ChainRow, None, None]:
         cursor = self._db.execute(f"SELECT {CHAIN_COLUMNS} FROM records WHERE tenant = ? ORDER BY seq", (tenant,))
         while batch := cursor.fetchmany(STREAM_BATCH):
             yield from (chain_row(row) for row in batch)
