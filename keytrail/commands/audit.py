@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -419,7 +420,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     text = (args.format or ("text" if sys.stdout.isatty() else "jsonl")) == "text"
     emit = _tail_line if text else (lambda r: json.dumps(r.to_dict(), separators=(",", ":")))
-    with _store(settings) as store:
+    with _store(settings) as store, _reader_may_leave():
         query = _query(args, settings, limit=max(1, args.lines))
         recent = store.search(query) if args.lines else store.search(replace(query, limit=1))
         last_seq = recent[0][0] if recent else 0
@@ -464,8 +465,21 @@ def cmd_export(args: argparse.Namespace) -> int:
                 written = _export(rows, args.format, handle, total)
             sys.stderr.write(f"exported {written} records to {args.output}\n")
         else:
-            _export(rows, args.format, sys.stdout, total)
+            with _reader_may_leave():
+                _export(rows, args.format, sys.stdout, total)
     return 0
+
+
+@contextmanager
+def _reader_may_leave() -> Iterator[None]:
+    """`keytrail audit export | head` is fine: when the reader closes the pipe, stop quietly (exit 0)."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Python would report the failed final flush of stdout at exit; point stdout at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _export(rows: Iterable[Any], fmt: str, out: TextIO, total: int | None) -> int:
