@@ -24,5 +24,15 @@ def sink_disabled_key(sink: str) -> str:
     return f"keytrail:sink:{sink}:disabled"
 
 
+def deliver_guard_key(sink: str) -> str:
+    """Set while a deliver job for this sink is queued (or waiting out a backoff), so batches do not queue more."""
+    return f"keytrail:sink:{sink}:deliver-queued"
+
+
+def ingest_consumers_key() -> str:
+    """Refreshed by every live ingest worker; the receiver lingers to build bigger batches only while it exists."""
+    return "keytrail:ingest:consumers"
+
+
 def sink_backoff_key(sink: str) -> str:
     return f"keytrail:sink:{sink}:backoff_until"

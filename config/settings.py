@@ -51,9 +51,10 @@ class RedisSettings:
 
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
-    # Group commit: at most this many events per Redis write; an optional linger (ms) before each write.
+    # Group commit: at most this many events per Redis write. While workers are behind, each write waits this
+    # long (ms) for more events, so the queue gets fewer, bigger jobs (see ingest/committer.py).
     batch_max_events: int = 256
-    batch_max_wait_ms: float = 0.0
+    batch_max_wait_ms: float = 10.0
     # Backpressure: above this many queued ingest jobs (batches) the receiver answers 503 + Retry-After.
     high_water_mark: int = 20_000
     retry_after_seconds: int = 5

@@ -176,10 +176,8 @@ async def _receive_ping(state: ReceiverState, tenant_name: str, request: Request
 
 async def _over_high_water(state: ReceiverState) -> bool:
     committer = state.committer
-    if time.monotonic() - committer.queue_depth_at > 1.0:
-        # Batches refresh the depth for free; this read happens only when none was written for a second.
-        with contextlib.suppress(RedisError):
-            await committer.refresh_depth()
+    with contextlib.suppress(RedisError):
+        await committer.refresh_if_stale()
     state.metrics.queue_depth.set(committer.queue_depth)
     return committer.queue_depth >= state.settings.ingest.high_water_mark
 
@@ -228,6 +226,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await committer.stop()
+            api.close(app)
             await connection.aclose()
             sync_connection.close()
 

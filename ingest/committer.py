@@ -23,8 +23,9 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from config.queues import INGEST_QUEUE, NORMALIZE_JOB
+from config.queues import INGEST_QUEUE, NORMALIZE_JOB, ingest_consumers_key
 from config.settings import IngestSettings, WorkerSettings
+from workers.enqueue import RUN_COMMANDS, UnknownCommandForm, enqueue_atomically, script_args
 
 log = structlog.get_logger("keytrail.ingest")
 
@@ -56,54 +57,15 @@ class CommitFailed(Exception):
     """Redis did not acknowledge the batch; the request must not be answered 2xx."""
 
 
-class _RecordedPipeline:
-    """Stands in for a Redis pipeline so RQ's own `enqueue_many` records the commands for a job, which are then
-    sent on the asyncio client. RQ stays the authority on how a job is stored; keytrail only carries the bytes."""
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        def record(*args: Any, **kwargs: Any) -> _RecordedPipeline:
-            self.commands.append((name, args, kwargs))
-            return self
-
-        return record
-
-
-# Runs a batch's commands (as RQ wrote them) atomically in one round trip and returns the queue length. One EVALSHA
-# with flat arguments costs the receiver a fraction of what packing MULTI, each command and EXEC does in redis-py.
-# ARGV: for each command, its argument count, then the command and its arguments.
-_RUN_COMMANDS = """
-local i = 1
-while i <= #ARGV do
-  local argc = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + argc))
-  i = i + argc + 1
-end
-return redis.call('LLEN', KEYS[1])
-"""
-
-
-def _flatten(commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any] | None:
-    """The recorded commands as _RUN_COMMANDS arguments, or None if RQ used a form this does not know."""
-    argv: list[Any] = []
-    for name, args, kwargs in commands:
-        flat: list[Any] = [name.upper(), *args]
-        if kwargs:
-            if name != "hset" or set(kwargs) != {"mapping"}:
-                return None
-            for field, value in kwargs["mapping"].items():
-                flat += [field, value]
-        argv += [len(flat), *flat]
-    return argv
-
-
 class GroupCommitter:
     """Leader-style group commit, as databases do it: a write starts as soon as a writer slot is free, and
     whatever arrives while writes are in flight goes out together in the next one. Under light load a batch
     is one event and waits for nothing; under heavy load batches grow by themselves, up to `batch_max_events`.
-    `batch_max_wait_ms` adds an optional linger before each write (0, the default, means none)."""
+
+    The receiver can write batches faster than RQ runs jobs (~20 round trips each). So while ingest workers are
+    alive and the queue is not empty (they are behind), each write lingers `batch_max_wait_ms` to collect a bigger
+    batch: fewer, larger jobs let the workers catch up, and the linger ends when they have. With no live worker
+    (an outage) lingering would only slow the receiver down, so it does not."""
 
     def __init__(
         self,
@@ -116,9 +78,10 @@ class GroupCommitter:
         on_commit: Any = None,
     ) -> None:
         self._redis = redis
-        self._run_commands = redis.register_script(_RUN_COMMANDS)
+        self._run_commands = redis.register_script(RUN_COMMANDS)
         # RQ builds the job (it reads the server version once through this client); the bytes go out on `redis`.
         self._queue = Queue(INGEST_QUEUE, connection=sync_redis, serializer=JSONSerializer)
+        self._sync_redis = sync_redis
         self._max_events = max(1, ingest.batch_max_events)
         self._linger = ingest.batch_max_wait_ms / 1000
         self._job_timeout = worker.job_timeout_seconds
@@ -130,6 +93,8 @@ class GroupCommitter:
         self._closed = False
         self.queue_depth = 0
         self.queue_depth_at = 0.0
+        self.consumers_alive = False
+        self.consumers_at = 0.0
 
     async def start(self) -> None:
         self._closed = False
@@ -162,7 +127,7 @@ class GroupCommitter:
 
     async def _flush(self) -> None:
         try:
-            if self._linger > 0:
+            if self._linger > 0 and self.queue_depth > 0 and self.consumers_alive:
                 await asyncio.sleep(self._linger)
             else:
                 await asyncio.sleep(0)  # let requests already parsed in this loop iteration join the batch
@@ -199,19 +164,23 @@ class GroupCommitter:
             failure_ttl=30 * 86400,
             description=f"normalize {len(events)} events",
         )
-        recorded = _RecordedPipeline()
-        self._queue.enqueue_many([job], pipeline=recorded)  # type: ignore[arg-type]
-        argv = _flatten(recorded.commands)
-        if argv is not None:
-            return int(await self._run_commands(keys=[self._queue.key], args=argv))
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for name, args, kwargs in recorded.commands:
-                getattr(pipe, name)(*args, **kwargs)
-            pipe.llen(self._queue.key)
-            results = await pipe.execute()
-        return int(results[-1])
+        try:
+            argv = script_args(self._queue, [job])
+        except UnknownCommandForm:
+            return await asyncio.to_thread(enqueue_atomically, self._sync_redis, self._queue, [job])
+        return int(await self._run_commands(keys=[self._queue.key], args=argv))
 
     async def refresh_depth(self) -> int:
         """Read the queue length now (for /readyz and when no batch was written lately)."""
-        self.queue_depth, self.queue_depth_at = int(await self._redis.llen(self._queue.key)), time.monotonic()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self._queue.key)
+            pipe.exists(ingest_consumers_key())
+            depth, consumers = await pipe.execute()
+        self.queue_depth, self.queue_depth_at = int(depth), time.monotonic()
+        self.consumers_alive, self.consumers_at = bool(consumers), self.queue_depth_at
         return self.queue_depth
+
+    async def refresh_if_stale(self, max_age: float = 1.0) -> None:
+        """Batches refresh the depth for free; this reads Redis only when that, or the consumers flag, is older."""
+        if time.monotonic() - min(self.queue_depth_at, self.consumers_at) > max_age:
+            await self.refresh_depth()

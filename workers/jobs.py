@@ -16,17 +16,20 @@ from typing import Any
 import structlog
 from rq import Queue, Retry
 
-from config.queues import DELIVER_JOB, sink_backoff_key, sink_disabled_key
+from config.queues import DELIVER_JOB, deliver_guard_key, sink_backoff_key, sink_disabled_key
 from config.settings import WorkerSettings
 from keytrail import __version__
 from sinks import DeliveryReport, Outcome, SinkDisabled, SinkRejected, SinkUnavailable
+from workers.enqueue import enqueue_atomically
 from workers.normalize import UNKNOWN_TOPIC, normalize, record_id
 from workers.records import Activity, AuditRecord, Entity, EntityType, Severity
 from workers.runtime import current
-from workers.stores import DeliveryOutcomes
+from workers.stores import DeliveryOutcomes, DeliveryState
 
 log = structlog.get_logger("keytrail.worker")
 DELIVER_CHUNK = 500
+# A queued deliver job's guard outlives a lost job by at most this long (then the next batch queues a new one).
+GUARD_TTL = 600
 # RQ counts returned Retry objects against `max`; keytrail counts attempts per record itself (the deliveries table)
 # and dead-letters a record at `max_attempts`, so RQ's own limit is only a backstop.
 RQ_RETRY_BACKSTOP = 1_000_000
@@ -76,22 +79,19 @@ def normalize_batch(events: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def enqueue_deliveries(queue: Queue, pending: dict[str, list[str]], worker: WorkerSettings) -> None:
-    jobs = [
-        Queue.prepare_data(
+    """At most one queued deliver job per sink. Its guard key is set atomically with the enqueue and deleted when
+    the job starts, and the job then also sweeps the sink's other pending deliveries; so under load one job carries
+    many records instead of RQ running one job per small batch (RQ costs ~20 round trips per job)."""
+    for sink, ids in pending.items():
+        job = Queue.prepare_data(
             DELIVER_JOB,
-            args=(sink, ids[start : start + DELIVER_CHUNK]),
+            args=(sink, ids[:DELIVER_CHUNK]),
             timeout=worker.job_timeout_seconds,
             result_ttl=0,
             failure_ttl=30 * 86400,
-            description=f"deliver {len(ids[start : start + DELIVER_CHUNK])} records to {sink}",
+            description=f"deliver to {sink}",
         )
-        for sink, ids in pending.items()
-        for start in range(0, len(ids), DELIVER_CHUNK)
-    ]
-    if jobs:
-        with queue.connection.pipeline() as pipe:
-            queue.enqueue_many(jobs, pipeline=pipe)
-            pipe.execute()
+        enqueue_atomically(queue.connection, queue, [job], guard=deliver_guard_key(sink), ttl=GUARD_TTL)
 
 
 def backoff_seconds(attempt: int, worker: WorkerSettings, retry_after: float | None = None) -> int:
@@ -125,24 +125,47 @@ def _send(sink_name: str, records: list[AuditRecord]) -> tuple[DeliveryReport, b
     return report, False
 
 
+def _owed(sink_name: str, record_ids: list[str]) -> tuple[list[tuple[AuditRecord, int]], bool]:
+    """This job's records still owed to the sink, plus the sink's other pending deliveries (the sweep that lets
+    one job carry what later batches added). Returns them and whether the sweep filled a whole page."""
+    store = current().store
+    owed = store.to_deliver(sink_name, record_ids)
+    seen = {record.record_id for record, _ in owed}
+    # Retrying ones too: a record this job swept earlier and that failed is owed by this job's retry.
+    swept = store.list_deliveries(
+        states=[DeliveryState.PENDING, DeliveryState.RETRYING], sink=sink_name, limit=DELIVER_CHUNK
+    )
+    owed += [(record, delivery.attempts) for delivery, record in swept if record.record_id not in seen]
+    return owed, len(swept) >= DELIVER_CHUNK
+
+
 def deliver(sink_name: str, record_ids: list[str]) -> Retry | dict[str, int]:
-    """Deliver these records to one sink. Returns a `Retry` (RQ reschedules the job) while some are owed."""
+    """Deliver these records, and the sink's other pending ones, to one sink. Returns a `Retry` (RQ reschedules
+    the job) while some are owed."""
     runtime = current()
     worker = runtime.settings.worker
+    guard = deliver_guard_key(sink_name)
     if runtime.sink(sink_name) is None:
         log.error("sink_not_configured", sink=sink_name, records=len(record_ids))
         return Retry(max=RQ_RETRY_BACKSTOP, interval=[int(worker.backoff_ceiling_seconds)])
-    owed = runtime.store.to_deliver(sink_name, record_ids)
+    # A sink that just failed is not tried again by every job: they wait out its backoff, and while this job waits
+    # the guard stays set, so new records join it instead of queueing jobs of their own.
+    backoff_until = float(runtime.redis.get(sink_backoff_key(sink_name)) or 0)
+    if backoff_until > time.time() + 0.5:
+        wait = max(1, math.ceil(backoff_until - time.time()))
+        runtime.redis.set(guard, "1", ex=wait + GUARD_TTL)
+        return Retry(max=RQ_RETRY_BACKSTOP, interval=[wait])
+    # From here on, a record stored after this line is either in the sweep below or queues a job of its own.
+    runtime.redis.delete(guard)
+    owed, more = _owed(sink_name, record_ids)
     if not owed:
         return {"delivered": 0}
     records = [record for record, _ in owed]
     if runtime.redis.exists(sink_disabled_key(sink_name)):
-        runtime.store.record_outcomes(sink_name, DeliveryOutcomes(dead=dict.fromkeys(record_ids, "sink disabled")))
+        runtime.store.record_outcomes(
+            sink_name, DeliveryOutcomes(dead=dict.fromkeys((r.record_id for r in records), "sink disabled"))
+        )
         return {"dead": len(records)}
-    # A sink that just failed is not tried again by every queued job: they wait out its backoff instead.
-    backoff_until = float(runtime.redis.get(sink_backoff_key(sink_name)) or 0)
-    if backoff_until > time.time() + 0.5:
-        return Retry(max=RQ_RETRY_BACKSTOP, interval=[max(1, math.ceil(backoff_until - time.time()))])
 
     report, disable = _send(sink_name, records)
     if disable:
@@ -173,9 +196,12 @@ def deliver(sink_name: str, record_ids: list[str]) -> Retry | dict[str, int]:
     )
     if outcomes.retrying:
         runtime.redis.set(sink_backoff_key(sink_name), str(time.time() + delay), ex=delay + 60)
+        runtime.redis.set(guard, "1", ex=delay + GUARD_TTL)
         return Retry(max=RQ_RETRY_BACKSTOP, interval=[delay])
     if outcomes.delivered:
         runtime.redis.delete(sink_backoff_key(sink_name))
+    if more:  # the sweep filled a page: more is pending, so keep going in a fresh job
+        enqueue_deliveries(runtime.deliver_queue, {sink_name: []}, worker)
     return {"delivered": len(outcomes.delivered), "dead": len(outcomes.dead)}
 
 

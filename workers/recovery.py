@@ -25,7 +25,7 @@ from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
-from config.queues import DELIVER_QUEUE, DRIFT_CHECK_JOB, INGEST_QUEUE, alive_key
+from config.queues import DELIVER_QUEUE, DRIFT_CHECK_JOB, INGEST_QUEUE, alive_key, ingest_consumers_key
 from config.settings import Settings
 
 log = structlog.get_logger("keytrail.recovery")
@@ -52,7 +52,11 @@ class Guardian:
 
     def heartbeat(self) -> None:
         ttl_ms = int(self.settings.worker.liveness_ttl_seconds * 1000)
-        self.redis.set(alive_key(self.worker_name), "1", px=ttl_ms)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(alive_key(self.worker_name), "1", px=ttl_ms)
+            if self.queue == INGEST_QUEUE:
+                pipe.set(ingest_consumers_key(), self.worker_name, px=ttl_ms)
+            pipe.execute()
 
     def start(self) -> None:
         self.heartbeat()

@@ -16,7 +16,7 @@ from config.queues import DELIVER_QUEUE, INGEST_QUEUE
 from config.settings import Settings
 from sinks import Sink, build_sink
 from workers.records import AuditRecord
-from workers.stores import AuditStore, open_store
+from workers.stores import AuditStore
 
 
 @dataclass
@@ -29,7 +29,9 @@ class Runtime:
     @classmethod
     def open(cls, settings: Settings, redis: Redis | None = None) -> Runtime:
         connection = redis or Redis.from_url(settings.redis.url, socket_timeout=30, health_check_interval=30)
-        return cls(settings, connection, open_store(settings.audit.url))
+        from workers.chain import open_signed_store
+
+        return cls(settings, connection, open_signed_store(settings))
 
     def queue(self, name: str) -> Queue:
         return Queue(name, connection=self.redis, serializer=JSONSerializer)

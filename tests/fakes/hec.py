@@ -189,6 +189,7 @@ class FakeHec:
         self._events: list[dict[str, Any]] = []
         self._requests: list[SeenRequest] = []
         self._event_ids: set[str] = set()
+        self._first_seen: dict[str, float] = {}
         self._event_count = 0
         self._duplicate_count = 0
         self._request_count = 0
@@ -299,6 +300,7 @@ class FakeHec:
             self._events.clear()
             self._requests.clear()
             self._event_ids.clear()
+            self._first_seen.clear()
             self._event_count = self._duplicate_count = self._request_count = self._ack_poll_count = 0
 
     # -- inspection --------------------------------------------------------------------------------------------------
@@ -345,6 +347,11 @@ class FakeHec:
     def ack_poll_count(self) -> int:
         with self._lock:
             return self._ack_poll_count
+
+    def first_seen(self) -> dict[str, float]:
+        """event_id -> wall-clock time it first arrived (kept in counting mode too: the latency bench reads it)."""
+        with self._lock:
+            return dict(self._first_seen)
 
     def _refuse_when_counting(self, what: str) -> None:
         if self.counting:
@@ -456,6 +463,7 @@ class FakeHec:
                     self._duplicate_count += 1
                 else:
                     self._event_ids.add(event_id)
+                    self._first_seen[event_id] = time.time()
         self._event_count += len(envelopes)
         if not self.counting:
             self._events.extend(envelopes)
