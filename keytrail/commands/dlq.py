@@ -15,6 +15,7 @@ from keytrail.output import add_format_option, chosen_format, print_rows
 
 COLUMNS = ("updated_at", "sink", "topic", "tenant", "attempts", "reason", "record_id")
 PAGE = 500
+DRY_RUN_CAP = 100_000
 
 
 def register(subparsers: Any) -> None:
@@ -100,9 +101,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     query = _query(args)
     try:
         if args.dry_run:
-            for delivery, _ in store.list_deliveries(states=[DeliveryState.DEAD], limit=10_000_000, **query):
+            # Counted from one bounded read: a dry run changes nothing, so it cannot page by state like replay.
+            found = store.list_deliveries(states=[DeliveryState.DEAD], limit=DRY_RUN_CAP + 1, **query)
+            for delivery, _ in found[:DRY_RUN_CAP]:
                 replayed[delivery.sink] = replayed.get(delivery.sink, 0) + 1
             _summary(replayed, dry_run=True)
+            if len(found) > DRY_RUN_CAP:
+                print(f"(counted the newest {DRY_RUN_CAP}; there are more)")
             return 0
         total = sum(states.get("dead", 0) for states in store.count_deliveries().values())
         with _progress(total) as advance:

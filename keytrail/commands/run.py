@@ -98,11 +98,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
             run_worker(settings, queue, burst=True)
         return 0
     children = spawn_workers(args.config, QUEUES)
+    stopping: list[int] = []
+    # SIGTERM (docker stop, systemd) must reach the children too; by default it would kill only this process.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     try:
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.2)
     finally:
         stop_children(children)
+        signal.signal(signal.SIGTERM, previous)
     return 1 if any(child.returncode not in (0, -signal.SIGTERM) for child in children) else 0
 
 
