@@ -23,14 +23,13 @@ from pathlib import Path
 
 from redis import Redis
 from rq import Queue
-from rq.serializers import JSONSerializer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from fakes.hec import FakeHec
 
-from config.queues import INGEST_QUEUE, NORMALIZE_JOB
+from config.queues import INGEST_QUEUE, NORMALIZE_JOB, JobSerializer
 from ingest.redaction import Redactor
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -70,7 +69,7 @@ def events(count: int, redactor: Redactor) -> list[dict[str, str]]:
 
 
 def preload(redis: Redis, func: str, batches: list[list[dict[str, str]]]) -> None:
-    queue = Queue(INGEST_QUEUE, connection=redis, serializer=JSONSerializer)
+    queue = Queue(INGEST_QUEUE, connection=redis, serializer=JobSerializer)
     jobs = [Queue.prepare_data(func, args=(batch,), result_ttl=0, timeout=600) for batch in batches]
     for start in range(0, len(jobs), 200):
         with redis.pipeline() as pipe:

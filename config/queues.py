@@ -1,4 +1,6 @@
-"""Names shared by the receiver and the workers: RQ queues, job paths and Redis keys."""
+"""Names shared by the receiver and the workers: RQ queues, job paths, Redis keys, and the job serializer."""
+
+import orjson
 
 INGEST_QUEUE = "ingest"
 DELIVER_QUEUE = "deliver"
@@ -36,3 +38,16 @@ def ingest_consumers_key() -> str:
 
 def sink_backoff_key(sink: str) -> str:
     return f"keytrail:sink:{sink}:backoff_until"
+
+
+class JobSerializer:
+    """RQ's job serializer for keytrail's queues: JSON (never pickle), written with orjson because the receiver
+    serializes every batch it commits. Give it to every Queue and Worker on keytrail's queues."""
+
+    @staticmethod
+    def dumps(obj: object) -> bytes:
+        return orjson.dumps(obj)
+
+    @staticmethod
+    def loads(data: bytes | str) -> object:
+        return orjson.loads(data)

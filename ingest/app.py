@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from config.datadir import pepper as load_pepper
 from config.queues import PING_TTL_SECONDS, ping_key
@@ -35,6 +36,7 @@ from ingest.verification import VerificationFailed, verify, verify_token
 
 log = structlog.get_logger("keytrail.ingest")
 PING_MARKER = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+HOOK_PREFIX = "/hooks/theauthapi/"
 
 
 class Rejected(Exception):
@@ -84,20 +86,8 @@ def _parse_json(body: bytes) -> Any:
             return None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        if int(declared) > limit:
-            raise Rejected(413, f"body larger than {limit} bytes")
-        return await request.body()  # the server enforces Content-Length, so this cannot exceed `limit`
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Rejected(413, f"body larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+BodyReader = Callable[[int], Awaitable[bytes]]
+Answer = tuple[int, dict[str, Any], dict[str, str] | None]
 
 
 def _is_json(content_type: str) -> bool:
@@ -105,22 +95,23 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def receive_webhook(request: Request) -> Response:
-    """Accept one delivery. 202 means the event is in Redis; any 4xx means nothing was enqueued."""
-    state = _state(request)
-    tenant_name = request.path_params["tenant"]
+async def handle_webhook(
+    state: ReceiverState, tenant_name: str, headers: Mapping[str, str], read_body: BodyReader
+) -> Answer:
+    """Accept one delivery: (status, JSON body, extra headers). 202 means the event is in Redis; any 4xx means
+    nothing was enqueued. Checks run in the documented order: 413, 415, 404, 401, 400 (then 503 on backpressure)."""
     try:
-        body = await _read_body(request, state.settings.server.max_body_bytes)
-        if not _is_json(request.headers.get("content-type", "")):
+        body = await read_body(state.settings.server.max_body_bytes)
+        if not _is_json(headers.get("content-type", "")):
             raise Rejected(415, "content-type must be application/json")
         tenant = state.settings.tenants.get(tenant_name)
         if tenant is None:
             raise Rejected(404, "unknown tenant")
         payload = _parse_json(body)
         if isinstance(payload, dict) and isinstance(payload.get("keytrail_ping"), str):
-            return await _receive_ping(state, tenant_name, request, payload["keytrail_ping"])
+            return await _receive_ping(state, tenant_name, headers, payload["keytrail_ping"])
         try:
-            verify(tenant, request.headers, body)
+            verify(tenant, headers, body)
         except VerificationFailed as exc:
             raise Rejected(401, exc.reason) from None
         if payload is None:
@@ -147,12 +138,12 @@ async def receive_webhook(request: Request) -> Response:
         state.metrics.answered(tenant_name if exc.status != 404 else "-", exc.status)
         if exc.status in (401, 503):
             log.warning("webhook_rejected", tenant=tenant_name, status=exc.status, reason=exc.reason)
-        return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=exc.headers)
+        return exc.status, {"error": exc.reason}, exc.headers
     state.metrics.answered(tenant_name, 202)
-    return Response(orjson.dumps({"event_id": event.event_key}), status_code=202, media_type="application/json")
+    return 202, {"event_id": event.event_key}, None
 
 
-async def _receive_ping(state: ReceiverState, tenant_name: str, request: Request, marker: str) -> Response:
+async def _receive_ping(state: ReceiverState, tenant_name: str, headers: Mapping[str, str], marker: str) -> Answer:
     """A bootstrap ping: recorded so `keytrail subscribe` can see it arrived; never an audit event.
 
     The Auth API may not add `theauthapi-signature` to pings, so a ping needs only the token check."""
@@ -160,7 +151,7 @@ async def _receive_ping(state: ReceiverState, tenant_name: str, request: Request
     if tenant.token is None:
         raise Rejected(401, "pings need the tenant token (X-Keytrail-Token)")
     try:
-        verify_token(tenant, request.headers)
+        verify_token(tenant, headers)
     except VerificationFailed as exc:
         raise Rejected(401, exc.reason) from None
     if not PING_MARKER.match(marker):
@@ -171,7 +162,28 @@ async def _receive_ping(state: ReceiverState, tenant_name: str, request: Request
         raise Rejected(503, "queue unavailable; retry later", {"Retry-After": "5"}) from None
     log.info("ping_received", tenant=tenant_name, marker=marker)
     state.metrics.answered(tenant_name, 200)
-    return JSONResponse({"ping": marker})
+    return 200, {"ping": marker}, None
+
+
+async def receive_webhook(request: Request) -> Response:
+    """The webhook route inside the Starlette app (the hot path normally answers before it; see Receiver)."""
+
+    async def read_body(limit: int) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise Rejected(413, f"body larger than {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Rejected(413, f"body larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    status, payload, headers = await handle_webhook(
+        _state(request), request.path_params["tenant"], request.headers, read_body
+    )
+    return Response(orjson.dumps(payload), status_code=status, headers=headers, media_type="application/json")
 
 
 async def _over_high_water(state: ReceiverState) -> bool:
@@ -208,7 +220,57 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-def create_app(settings: Settings) -> Starlette:
+class Receiver:
+    """The receiver's ASGI entry point. `POST /hooks/theauthapi/{tenant}` is answered here directly; every other
+    request (health, metrics, the audit API, other methods) and the lifespan go to the Starlette app.
+
+    Why: the webhook route is the one hot path, and each request suspends once (until its batch is in Redis).
+    Resuming through Starlette's router and middleware stack cost more than the handler's own work; answered here,
+    the receiver serves about a third more deliveries per second (bench/receiver.py)."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and scope["method"] == "POST" and path.startswith(HOOK_PREFIX):
+            tenant = path[len(HOOK_PREFIX) :]
+            if tenant and "/" not in tenant:
+                await self._webhook(scope, receive, send, tenant)
+                return
+        await self.app(scope, receive, send)
+
+    async def _webhook(self, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+
+        async def read_body(limit: int) -> bytes:
+            declared = headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise Rejected(413, f"body larger than {limit} bytes")
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise Rejected(400, "client disconnected")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise Rejected(413, f"body larger than {limit} bytes")
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+            return b"".join(chunks)
+
+        status, payload, extra = await handle_webhook(self.state.keytrail, tenant, headers, read_body)
+        body = orjson.dumps(payload)
+        response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if extra:
+            response_headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings) -> Receiver:
     """The receiver. Redis and the committer open in the lifespan; nothing connects at import or build time."""
 
     @contextlib.asynccontextmanager
@@ -237,4 +299,4 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
     ]
     routes.extend(api.routes(settings))
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    return Receiver(Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}))

@@ -21,9 +21,8 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from rq import Queue
-from rq.serializers import JSONSerializer
 
-from config.queues import INGEST_QUEUE, NORMALIZE_JOB, ingest_consumers_key
+from config.queues import INGEST_QUEUE, NORMALIZE_JOB, JobSerializer, ingest_consumers_key
 from config.settings import IngestSettings, WorkerSettings
 from workers.enqueue import RUN_COMMANDS, UnknownCommandForm, enqueue_atomically, script_args
 
@@ -80,7 +79,7 @@ class GroupCommitter:
         self._redis = redis
         self._run_commands = redis.register_script(RUN_COMMANDS)
         # RQ builds the job (it reads the server version once through this client); the bytes go out on `redis`.
-        self._queue = Queue(INGEST_QUEUE, connection=sync_redis, serializer=JSONSerializer)
+        self._queue = Queue(INGEST_QUEUE, connection=sync_redis, serializer=JobSerializer)
         self._sync_redis = sync_redis
         self._max_events = max(1, ingest.batch_max_events)
         self._linger = ingest.batch_max_wait_ms / 1000

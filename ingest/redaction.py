@@ -52,23 +52,35 @@ class Redactor:
         last4 = secret[-4:] if len(secret) >= 16 else ""
         return Redacted(self.fingerprint(secret), match.group(0) if match else "", last4)
 
-    def redact(self, value: Any, field: str = "") -> Any:  # noqa: PLR0911 - one return per JSON type
+    def redact(self, value: Any, field: str = "") -> Any:
         """A copy of a parsed JSON value with every secret replaced by `Redacted.as_json()`.
 
         Secrets are found by field name (`key`, `token`, ...) and by shape (`live_…` anywhere, also inside text).
+        This runs on every delivery in the receiver, so strings take a fast path: a value without `_` can only be
+        a secret by its field's name.
         """
-        if isinstance(value, str):
-            if not value:
-                return value
-            if _is_secret_field(field) or KEY_VALUE.match(value):
-                return self.describe(value).as_json()
-            if "live_" in value or "test_" in value:
-                return KEY_IN_TEXT.sub(lambda m: f"[redacted {self.fingerprint(m.group(0))}]", value)
-            return value
         if isinstance(value, dict):
-            return {k: self.redact(v, k) if isinstance(v, str | dict | list) else v for k, v in value.items()}
+            return {k: self._value(v, k) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.redact(v, field) if isinstance(v, str | dict | list) else v for v in value]
+            return [self._value(v, field) for v in value]
+        return self._value(value, field)
+
+    def _value(self, value: Any, field: str) -> Any:
+        if type(value) is str:
+            if "_" not in value and not _is_secret_field(field):
+                return value
+            return self._string(value, field)
+        if isinstance(value, dict | list):
+            return self.redact(value, field)
+        return value
+
+    def _string(self, value: str, field: str) -> Any:
+        if not value:
+            return value
+        if _is_secret_field(field) or KEY_VALUE.match(value):
+            return self.describe(value).as_json()
+        if "live_" in value or "test_" in value:
+            return KEY_IN_TEXT.sub(lambda m: f"[redacted {self.fingerprint(m.group(0))}]", value)
         return value
 
 

@@ -13,10 +13,9 @@ import pytest
 from harness import SIGNING_SECRET, TOKEN, ServerThread, SettingsFactory, signed_headers
 from redis import Redis
 from rq import Queue
-from rq.serializers import JSONSerializer
 
 from config import Settings
-from config.queues import INGEST_QUEUE, ping_key
+from config.queues import INGEST_QUEUE, JobSerializer, ping_key
 from ingest.app import create_app
 
 API_KEY = "live_Q2hhbmdlTWVQbGVhc2VJdHNBU2VjcmV0S2V5MDE"
@@ -40,7 +39,7 @@ def receiver(settings: Settings, redis: Redis) -> Iterator[httpx.Client]:
 
 
 def queued_events(redis: Redis) -> list[dict[str, object]]:
-    queue = Queue(INGEST_QUEUE, connection=redis, serializer=JSONSerializer)
+    queue = Queue(INGEST_QUEUE, connection=redis, serializer=JobSerializer)
     return [event for job in queue.jobs for event in job.args[0]]
 
 

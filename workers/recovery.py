@@ -23,9 +23,8 @@ from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
-from rq.serializers import JSONSerializer
 
-from config.queues import DELIVER_QUEUE, DRIFT_CHECK_JOB, INGEST_QUEUE, alive_key, ingest_consumers_key
+from config.queues import DELIVER_QUEUE, DRIFT_CHECK_JOB, INGEST_QUEUE, JobSerializer, alive_key, ingest_consumers_key
 from config.settings import Settings
 
 log = structlog.get_logger("keytrail.recovery")
@@ -44,7 +43,7 @@ class Guardian:
         self.settings = settings
         self.queue = queue
         self.scheduler = (
-            RQScheduler([queue], connection=redis, serializer=JSONSerializer, name=worker_name) if queue else None
+            RQScheduler([queue], connection=redis, serializer=JobSerializer, name=worker_name) if queue else None
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="keytrail-guardian", daemon=True)
@@ -104,16 +103,16 @@ class Guardian:
         """Requeue every job of ours that a dead worker holds. Returns how many were requeued."""
         requeued = 0
         for name in (INGEST_QUEUE, DELIVER_QUEUE):
-            queue = Queue(name, connection=self.redis, serializer=JSONSerializer)
+            queue = Queue(name, connection=self.redis, serializer=JobSerializer)
             requeued += self._recover_started(queue) + self._recover_stranded(queue)
         return requeued
 
     def _recover_started(self, queue: Queue) -> int:
-        registry = StartedJobRegistry(queue.name, connection=self.redis, serializer=JSONSerializer)
+        registry = StartedJobRegistry(queue.name, connection=self.redis, serializer=JobSerializer)
         count = 0
         for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
             try:
-                job = Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+                job = Job.fetch(job_id, connection=self.redis, serializer=JobSerializer)
             except NoSuchJobError:
                 self.redis.zrem(registry.key, f"{job_id}:{execution_id}")
                 continue
@@ -131,7 +130,7 @@ class Guardian:
         count = 0
         for _, job_id in seen_now & self._stranded:
             try:
-                job = Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+                job = Job.fetch(job_id, connection=self.redis, serializer=JobSerializer)
             except NoSuchJobError:
                 self.redis.lrem(key, 0, job_id)
                 continue
@@ -159,7 +158,7 @@ class Guardian:
         interval = self.settings.authapi.drift_check_interval_seconds
         wanted = interval > 0 and any(t.access_key and t.public_url for t in self.settings.tenants.values())
         if wanted and self.redis.set("keytrail:drift-check:scheduled", self.worker_name, nx=True, ex=interval):
-            Queue(DELIVER_QUEUE, connection=self.redis, serializer=JSONSerializer).enqueue(
+            Queue(DELIVER_QUEUE, connection=self.redis, serializer=JobSerializer).enqueue(
                 DRIFT_CHECK_JOB, result_ttl=0, failure_ttl=86400, description="check subscriptions for drift"
             )
 

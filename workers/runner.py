@@ -22,9 +22,8 @@ from pathlib import Path
 import structlog
 from redis import Redis
 from rq import Queue, SimpleWorker
-from rq.serializers import JSONSerializer
 
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE
+from config.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer
 from config.settings import Settings
 from workers import runtime
 from workers.recovery import Guardian
@@ -47,9 +46,9 @@ def run_worker(settings: Settings, queue: str, *, burst: bool = False, with_sche
     runtime.install(runtime.Runtime.open(settings, redis))
     name = worker_name(queue)
     worker = KeytrailWorker(
-        [Queue(queue, connection=redis, serializer=JSONSerializer)],
+        [Queue(queue, connection=redis, serializer=JobSerializer)],
         connection=redis,
-        serializer=JSONSerializer,
+        serializer=JobSerializer,
         name=name,
         maintenance_interval=60,
     )

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 
 from redis import Redis
 from rq import Queue
-from rq.serializers import JSONSerializer
 
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE
+from config.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer
 from config.settings import Settings
 from sinks import Sink, build_sink
 from workers.records import AuditRecord
@@ -34,7 +33,7 @@ class Runtime:
         return cls(settings, connection, open_signed_store(settings))
 
     def queue(self, name: str) -> Queue:
-        return Queue(name, connection=self.redis, serializer=JSONSerializer)
+        return Queue(name, connection=self.redis, serializer=JobSerializer)
 
     @property
     def ingest_queue(self) -> Queue:

@@ -8,7 +8,7 @@ from typing import Any
 
 from redis import Redis
 
-from config.queues import DELIVER_QUEUE, sink_backoff_key, sink_disabled_key
+from config.queues import DELIVER_QUEUE, JobSerializer, sink_backoff_key, sink_disabled_key
 from keytrail.cli import CliError, settings_from_args
 from keytrail.commands.audit import parse_when
 from keytrail.output import add_format_option, chosen_format, print_rows
@@ -85,7 +85,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """Dead → pending, then one deliver job per sink and page of records: the records come from the audit store,
     so what is re-sent is exactly what was stored (never a copy kept beside the queue)."""
     from rq import Queue
-    from rq.serializers import JSONSerializer
 
     from workers.jobs import enqueue_deliveries
     from workers.stores import DeliveryState, open_store
@@ -96,7 +95,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise CliError(f"no sink named {args.sink!r} (configured: {', '.join(sorted(known)) or 'none'})")
     store = open_store(settings.audit.url)
     redis = Redis.from_url(settings.redis.url, socket_connect_timeout=5)
-    queue = Queue(DELIVER_QUEUE, connection=redis, serializer=JSONSerializer)
+    queue = Queue(DELIVER_QUEUE, connection=redis, serializer=JobSerializer)
     replayed: dict[str, int] = {}
     query = _query(args)
     try:

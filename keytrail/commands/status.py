@@ -10,9 +10,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
-from rq.serializers import JSONSerializer
 
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE
+from config.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer
 from keytrail.cli import CliError, settings_from_args
 from keytrail.output import add_format_option, chosen_format, print_rows
 
@@ -29,7 +28,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         rows = []
         for name in (INGEST_QUEUE, DELIVER_QUEUE):
-            queue = Queue(name, connection=redis, serializer=JSONSerializer)
+            queue = Queue(name, connection=redis, serializer=JobSerializer)
             rows.append(
                 {
                     "queue": name,
