@@ -190,7 +190,6 @@ async def _over_high_water(state: ReceiverState) -> bool:
     committer = state.committer
     with contextlib.suppress(RedisError):
         await committer.refresh_if_stale()
-    state.metrics.queue_depth.set(committer.queue_depth)
     return committer.queue_depth >= state.settings.ingest.high_water_mark
 
 
@@ -205,6 +204,7 @@ async def readyz(request: Request) -> Response:
         depth = await state.committer.refresh_depth()
     except RedisError as exc:
         return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
+    state.metrics.queue_depth.set(depth)
     mark = state.settings.ingest.high_water_mark
     ready = depth < mark
     body: dict[str, Any] = {"status": "ok" if ready else "busy", "queue_jobs": depth, "high_water_mark": mark}

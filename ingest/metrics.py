@@ -41,6 +41,7 @@ class ReceiverMetrics:
             child = self._answered[(tenant, status)] = self.requests.labels(tenant, str(status))
         child.inc()
 
-    def committed(self, events: int, seconds: float) -> None:
+    def committed(self, events: int, seconds: float, queue_depth: int) -> None:
         self.batches.observe(events)
         self.commit_seconds.observe(seconds)
+        self.queue_depth.set(queue_depth)
