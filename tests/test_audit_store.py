@@ -656,3 +656,15 @@ def test_concurrent_appenders_on_postgres_keep_every_chain_and_store_each_event_
         assert sum(store.count_deliveries()["archive"].values()) == len(tenants) * events
     finally:
         store.close()
+
+
+def test_owed_sweeps_pending_and_retrying_for_one_sink(store: AuditStore) -> None:
+    store.append([make_record(n) for n in range(6)], route_all)
+    store.record_outcomes("splunk", DeliveryOutcomes(delivered=["rec_acme_000000"], dead={"rec_acme_000001": "400"}))
+    store.record_outcomes("splunk", DeliveryOutcomes(retrying={"rec_acme_000002": ("503", "2026-11-01T00:00:00Z")}))
+
+    owed = {record.record_id: attempts for record, attempts in store.owed("splunk", 100)}
+    assert owed == {"rec_acme_000002": 1, "rec_acme_000003": 0, "rec_acme_000004": 0, "rec_acme_000005": 0}
+    assert len(store.owed("splunk", 2)) == 2
+    assert len(store.owed("archive", 100)) == 6
+    assert store.owed("nobody", 100) == []

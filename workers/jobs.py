@@ -24,7 +24,7 @@ from workers.enqueue import enqueue_atomically
 from workers.normalize import UNKNOWN_TOPIC, normalize, record_id
 from workers.records import Activity, AuditRecord, Entity, EntityType, Severity
 from workers.runtime import current
-from workers.stores import DeliveryOutcomes, DeliveryState
+from workers.stores import DeliveryOutcomes
 
 log = structlog.get_logger("keytrail.worker")
 DELIVER_CHUNK = 500
@@ -132,10 +132,8 @@ def _owed(sink_name: str, record_ids: list[str]) -> tuple[list[tuple[AuditRecord
     owed = store.to_deliver(sink_name, record_ids)
     seen = {record.record_id for record, _ in owed}
     # Retrying ones too: a record this job swept earlier and that failed is owed by this job's retry.
-    swept = store.list_deliveries(
-        states=[DeliveryState.PENDING, DeliveryState.RETRYING], sink=sink_name, limit=DELIVER_CHUNK
-    )
-    owed += [(record, delivery.attempts) for delivery, record in swept if record.record_id not in seen]
+    swept = store.owed(sink_name, DELIVER_CHUNK)
+    owed += [(record, attempts) for record, attempts in swept if record.record_id not in seen]
     return owed, len(swept) >= DELIVER_CHUNK
 
 

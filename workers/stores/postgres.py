@@ -396,6 +396,19 @@ class PostgresStore:
             owed = {rid: (record_from_body(body), attempts) for rid, attempts, body in rows}
         return [owed[rid] for rid in dict.fromkeys(record_ids) if rid in owed]
 
+    def owed(self, sink: str, limit: int) -> list[tuple[AuditRecord, int]]:
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT d.attempts, r.body FROM deliveries d JOIN records r ON r.record_id = d.record_id "
+                    "WHERE d.sink = %s AND d.state IN ('pending', 'retrying') LIMIT %s",
+                    (sink, limit),
+                )
+                .fetchall()
+            )
+        return [(record_from_body(body), attempts) for attempts, body in rows]
+
     def record_outcomes(self, sink: str, outcomes: DeliveryOutcomes) -> None:
         now = _now()
         rows: list[tuple[Any, ...]] = []

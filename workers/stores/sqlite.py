@@ -444,6 +444,15 @@ class SqliteStore:
         records = self.get([rid for rid in record_ids if rid in attempts])
         return [(record, attempts[record.record_id]) for record in records]
 
+    def owed(self, sink: str, limit: int) -> list[tuple[AuditRecord, int]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT d.attempts, r.body FROM deliveries d JOIN records r ON r.record_id = d.record_id "
+                "WHERE d.sink = ? AND d.state IN ('pending', 'retrying') LIMIT ?",
+                (sink, limit),
+            ).fetchall()
+        return [(record_from_body(body), attempts) for attempts, body in rows]
+
     def record_outcomes(self, sink: str, outcomes: DeliveryOutcomes) -> None:
         now = _now()
         rows: list[tuple[Any, ...]] = []
