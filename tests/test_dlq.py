@@ -78,6 +78,12 @@ def test_rejected_records_are_listed_then_replayed_once_the_peer_accepts(
     assert json.loads(capsys.readouterr().out) == []
     # The healthy sink was never involved.
     assert len((tmp_path / "archive.jsonl").read_text().splitlines()) == len(TOPICS)
+    assert main(["--config", str(config), "status", "--format", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    by_sink = {row["sink"]: row for row in status["deliveries"]}
+    assert by_sink["crm"]["delivered"] == len(api_key_topics)
+    assert by_sink["crm"]["dead"] == 0
+    assert by_sink["archive"]["delivered"] == len(TOPICS)
 
 
 def test_replay_of_an_unknown_sink_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

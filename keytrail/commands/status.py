@@ -41,8 +41,27 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
     except RedisError as exc:
         raise CliError(f"Redis does not answer at {settings.redis.url}: {type(exc).__name__}") from None
+    deliveries = _deliveries(settings.audit.url)
+    sinks = [
+        {"sink": sink, **{state: counts.get(state, 0) for state in STATES}}
+        for sink, counts in sorted(deliveries.items())
+    ]
     if chosen_format(args.format) == "json":
-        print(json.dumps({"queues": rows}, indent=2))
+        print(json.dumps({"queues": rows, "deliveries": sinks}, indent=2))
     else:
-        print_rows(rows, ("queue", "queued", "started", "scheduled", "failed", "workers"), "table")
+        print_rows(rows, ("queue", "queued", "started", "scheduled", "failed", "workers"), "table", title="queues")
+        print_rows(sinks, ("sink", *STATES), "table", title="deliveries per sink")
     return 0
+
+
+STATES = ("pending", "retrying", "delivered", "dead")
+
+
+def _deliveries(url: str) -> dict[str, dict[str, int]]:
+    from workers.stores import open_store
+
+    store = open_store(url)
+    try:
+        return store.count_deliveries()
+    finally:
+        store.close()
