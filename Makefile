@@ -35,3 +35,5 @@ format: install
 bench: install services
 	$(BIN)/python bench/receiver.py
 	$(BIN)/python bench/worker.py
+	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/audit_store.py --records 200000
