@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,28 @@ def test_redeliveries_from_the_fake_make_one_record_each(tmp_path: Path, redis: 
     shipped = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(shipped) == 4
     assert len({s["event_id"] for s in shipped}) == 4
+
+
+def test_scheduled_drift_check_runs_in_a_worker_and_logs_an_alert(
+    loop: tuple[Settings, Path, FakeAuthApi], capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, config, fake = loop
+    assert main(["--config", str(config), "subscribe", "--no-ping", "--format", "json"]) == 0
+    hook = fake.state.webhooks_in()[0]
+    fake.state.pause_webhook(hook["id"])  # someone paused keytrail's subscription in the dashboard
+    capsys.readouterr()
+
+    from config.logging import configure_logging
+    from workers.recovery import Guardian
+
+    configure_logging("info", json=True, stream=sys.stdout)
+    redis = Redis.from_url(REDIS_URL)
+    Guardian(redis, "test-guardian", settings).schedule_drift_check()
+    Guardian(redis, "another-worker", settings).schedule_drift_check()  # one check per interval, not one per worker
+    redis.close()
+    run_worker(settings, DELIVER_QUEUE, burst=True)
+
+    alerts = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "subscription_drift" in line]
+    assert len(alerts) == 1
+    assert alerts[0]["tenant"] == "acme"
+    assert "paused" in json.dumps(alerts[0]["problems"])
