@@ -108,17 +108,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--redis-url", default=REDIS_URL, help="e.g. a Redis with appendfsync always")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("bench/receiver.py needs wrk (apt-get install wrk)")
-    redis = Redis.from_url(REDIS_URL)
+    redis = Redis.from_url(args.redis_url)
     work = Path(tempfile.mkdtemp(prefix="keytrail-bench-"))
     (work / "bare.py").write_text(BARE_APP)
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT % {"token": TOKEN})
     config = work / "keytrail.toml"
     config.write_text(
-        f'data_dir = "{work / "data"}"\nlog_level = "warning"\n[redis]\nurl = "{REDIS_URL}"\n'
+        f'data_dir = "{work / "data"}"\nlog_level = "warning"\n[redis]\nurl = "{args.redis_url}"\n'
         f'[ingest]\nhigh_water_mark = 100000000\n[tenants.bench]\ntoken = "{TOKEN}"\n'
         f'[[sinks]]\nname = "file"\ntype = "file"\npath = "{work / "out.jsonl"}"\n'
     )

@@ -153,6 +153,9 @@ def private_redis(settings: Settings) -> Iterator[None]:
             str(redis_dir),
             "--appendonly",
             "yes",
+            # A 202 must survive a crash, so every write is fsynced; group commit makes that one fsync per batch.
+            "--appendfsync",
+            "always",
             "--maxmemory-policy",
             "noeviction",
             "--save",
