@@ -11,6 +11,12 @@ DRIFT_CHECK_JOB = "workers.jobs.check_subscriptions"
 
 PING_TTL_SECONDS = 3600
 
+# A job that raises (the audit store unreachable, a bug) is retried by RQ on this schedule (seconds, the last one
+# repeated) for about eight hours before it lands in RQ's failed registry. Sink failures are not exceptions: the
+# deliver job returns its own Retry with the sink's backoff (workers/jobs.py).
+JOB_RETRY_INTERVALS = (1, 2, 5, 10, 30, 60, 120, 300)
+JOB_RETRY_MAX = 100
+
 
 def ping_key(tenant: str, marker: str) -> str:
     """Where the receiver records a ping so `keytrail subscribe` can see that it arrived."""

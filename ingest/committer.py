@@ -20,9 +20,16 @@ import structlog
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
-from rq import Queue
+from rq import Queue, Retry
 
-from config.queues import INGEST_QUEUE, NORMALIZE_JOB, JobSerializer, ingest_consumers_key
+from config.queues import (
+    INGEST_QUEUE,
+    JOB_RETRY_INTERVALS,
+    JOB_RETRY_MAX,
+    NORMALIZE_JOB,
+    JobSerializer,
+    ingest_consumers_key,
+)
 from config.settings import IngestSettings, WorkerSettings
 from workers.enqueue import RUN_COMMANDS, UnknownCommandForm, enqueue_atomically, script_args
 
@@ -162,6 +169,7 @@ class GroupCommitter:
             result_ttl=0,
             failure_ttl=30 * 86400,
             description=f"normalize {len(events)} events",
+            retry=Retry(max=JOB_RETRY_MAX, interval=list(JOB_RETRY_INTERVALS)),
         )
         try:
             argv = script_args(self._queue, [job])

@@ -136,3 +136,13 @@ def test_config_check_shows_where_each_topic_goes(tmp_path: Path, capsys: pytest
     out = capsys.readouterr().out
     assert '"topic": "api-key.created",\n      "sinks": [\n        "crm"' in out
     assert '"topic": "project.updated",\n      "sinks": []' in out
+
+
+def test_read_only_commands_do_not_generate_the_demo_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # embedded defaults: ./data
+    assert main(["config", "check", "--format", "json"]) == 0
+    assert not (tmp_path / "data" / "demo-token").exists()
+    assert main(["simulate", "--count", "1"]) == 1
+    assert "start `keytrail up`" in capsys.readouterr().err

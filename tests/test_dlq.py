@@ -96,3 +96,29 @@ def test_replay_of_an_unknown_sink_is_one_line(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "no sink named 'nope'" in err
+
+
+def test_deliveries_to_a_sink_removed_from_the_config_become_dead_letters(
+    tmp_path: Path, redis: Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = (
+        f'data_dir = "{tmp_path / "data"}"\n[redis]\nurl = "{REDIS_URL}"\n'
+        f'[audit]\nurl = "sqlite:///{tmp_path / "data" / "audit.db"}"\n'
+        f'[tenants.acme]\ntoken = "{signed_headers()["x-keytrail-token"]}"\n'
+        f'[[sinks]]\nname = "archive"\ntype = "file"\npath = "{tmp_path / "archive.jsonl"}"\n'
+    )
+    config = tmp_path / "keytrail.toml"
+    config.write_text(base + f'[[sinks]]\nname = "old"\ntype = "file"\npath = "{tmp_path / "old.jsonl"}"\n')
+    settings = load_settings(config, {})
+    with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url) as client:
+        delivery = make_delivery(settings.tenants["acme"], "api-key.created")
+        assert client.post("/hooks/theauthapi/acme", content=delivery.body, headers=delivery.headers).status_code == 202
+    run_worker(settings, INGEST_QUEUE, burst=True)
+    config.write_text(base)  # the operator removes the "old" sink before the deliveries run
+    run_worker(load_settings(config, {}), DELIVER_QUEUE, burst=True)
+    capsys.readouterr()
+    assert main(["--config", str(config), "dlq", "list", "--format", "json"]) == 0
+    dead = json.loads(capsys.readouterr().out)
+    assert [(row["sink"], row["reason"]) for row in dead] == [("old", "sink no longer configured")]
+    assert not (tmp_path / "old.jsonl").exists()
+    assert len((tmp_path / "archive.jsonl").read_text().splitlines()) == 1

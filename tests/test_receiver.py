@@ -15,7 +15,7 @@ from redis import Redis
 from rq import Queue
 
 from config import Settings
-from config.queues import INGEST_QUEUE, JobSerializer, ping_key
+from config.queues import INGEST_QUEUE, JOB_RETRY_MAX, JobSerializer, ping_key
 from ingest.app import create_app
 
 API_KEY = "live_Q2hhbmdlTWVQbGVhc2VJdHNBU2VjcmV0S2V5MDE"
@@ -61,6 +61,9 @@ def test_verified_delivery_is_queued_before_202_and_carries_no_raw_key(receiver:
     dump = b"".join(redis.dump(key) or b"" for key in redis.keys("*"))
     assert API_KEY.encode() not in dump
     assert json.loads(str(events[0]["body"]))["data"]["key"]["last4"] == API_KEY[-4:]
+    # A normalize job that raises (audit store unreachable) is retried by RQ, not dropped.
+    job = Queue(INGEST_QUEUE, connection=redis, serializer=JobSerializer).jobs[0]
+    assert job.retries_left == JOB_RETRY_MAX
 
 
 @pytest.mark.parametrize(

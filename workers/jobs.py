@@ -16,7 +16,14 @@ from typing import Any
 import structlog
 from rq import Queue, Retry
 
-from config.queues import DELIVER_JOB, deliver_guard_key, sink_backoff_key, sink_disabled_key
+from config.queues import (
+    DELIVER_JOB,
+    JOB_RETRY_INTERVALS,
+    JOB_RETRY_MAX,
+    deliver_guard_key,
+    sink_backoff_key,
+    sink_disabled_key,
+)
 from config.settings import WorkerSettings
 from keytrail import __version__
 from sinks import DeliveryReport, Outcome, SinkDisabled, SinkRejected, SinkUnavailable
@@ -90,6 +97,7 @@ def enqueue_deliveries(queue: Queue, pending: dict[str, list[str]], worker: Work
             result_ttl=0,
             failure_ttl=30 * 86400,
             description=f"deliver to {sink}",
+            retry=Retry(max=JOB_RETRY_MAX, interval=list(JOB_RETRY_INTERVALS)),
         )
         enqueue_atomically(queue.connection, queue, [job], guard=deliver_guard_key(sink), ttl=GUARD_TTL)
 
@@ -144,8 +152,12 @@ def deliver(sink_name: str, record_ids: list[str]) -> Retry | dict[str, int]:
     worker = runtime.settings.worker
     guard = deliver_guard_key(sink_name)
     if runtime.sink(sink_name) is None:
-        log.error("sink_not_configured", sink=sink_name, records=len(record_ids))
-        return Retry(max=RQ_RETRY_BACKSTOP, interval=[int(worker.backoff_ceiling_seconds)])
+        # Removed from the config: keep the records as dead letters (replayable if the sink comes back).
+        owed = runtime.store.to_deliver(sink_name, record_ids) + runtime.store.owed(sink_name, DELIVER_CHUNK)
+        dead = {record.record_id: "sink no longer configured" for record, _ in owed}
+        runtime.store.record_outcomes(sink_name, DeliveryOutcomes(dead=dead))
+        log.error("sink_not_configured", sink=sink_name, records=len(dead))
+        return {"dead": len(dead)}
     # A sink that just failed is not tried again by every job: they wait out its backoff, and while this job waits
     # the guard stays set, so new records join it instead of queueing jobs of their own.
     backoff_until = float(runtime.redis.get(sink_backoff_key(sink_name)) or 0)

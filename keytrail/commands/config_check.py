@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from sinks import build_sinks
 
-    settings = with_embedded_defaults(settings_from_args(args), announce=False)
+    settings = with_embedded_defaults(settings_from_args(args), announce=False, create=False)
     for sink in build_sinks(settings).values():  # raises one ConfigError with every sink's problems
         sink.close()
     routing = [

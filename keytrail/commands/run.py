@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from redis import Redis
 from redis.exceptions import RedisError
 
-from config import Settings, SinkSettings, TenantSettings
+from config import Secret, Settings, SinkSettings, TenantSettings
 from config.datadir import demo_token
 from config.logging import configure_logging
 from keytrail.cli import CliError, settings_from_args
@@ -41,11 +41,17 @@ def register(subparsers: Any) -> None:
     worker.set_defaults(handler=cmd_worker)
 
 
-def with_embedded_defaults(settings: Settings, *, announce: bool) -> Settings:
-    """No tenants and no sinks configured: add the `demo` tenant and a JSON Lines file sink under the data dir."""
+def with_embedded_defaults(settings: Settings, *, announce: bool, create: bool = True) -> Settings:
+    """No tenants and no sinks configured: add the `demo` tenant and a JSON Lines file sink under the data dir.
+
+    With `create` false (commands that only read), the demo token is never generated here; a missing one is a
+    placeholder that verifies nothing."""
     if settings.tenants or settings.sinks:
         return settings
-    token, created = demo_token(settings.data_dir)
+    if not create and not (settings.data_dir / "demo-token").exists():
+        token, created = Secret("not generated yet: run `keytrail up`"), False
+    else:
+        token, created = demo_token(settings.data_dir)
     if announce and created:
         print(f"demo tenant token (shown once, kept in {settings.data_dir / 'demo-token'}): {token.reveal()}")
     return dataclasses.replace(

@@ -27,7 +27,11 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    settings = with_embedded_defaults(settings_from_args(args), announce=False)
+    configured = settings_from_args(args)
+    embedded = not configured.tenants and not configured.sinks
+    if embedded and not (configured.data_dir / "demo-token").exists():
+        raise CliError(f"no demo token in {configured.data_dir}: start `keytrail up` (or `keytrail serve`) first")
+    settings = with_embedded_defaults(configured, announce=False, create=False)
     if args.count < 1:
         raise CliError("--count must be at least 1")
     name = args.tenant or next(iter(settings.tenants))
