@@ -57,7 +57,7 @@ class Corpus:
     now: datetime
 
     def key(self, n: int) -> str:
-        # Fingerprints and record ids are hashes in service: B-tree inserts land anywhere, not at the end.
+        # Fingerprints are hashes in service: B-tree inserts land anywhere, not at the end.
         return "fp_" + hashlib.sha256(str(n // EVENTS_PER_KEY).encode()).hexdigest()[:32]
 
     def record(self, n: int) -> AuditRecord:
@@ -68,7 +68,7 @@ class Corpus:
         # Deliveries arrive out of order: event time is up to a minute before the time it was stored.
         event_time = stored - timedelta(milliseconds=(n * 7919) % 60_000)
         return AuditRecord(
-            record_id=record_id(tenant, f"evt-{n}"),
+            record_id=record_id(tenant, f"evt-{n}", iso(stored)),
             event_id=f"evt-{n}",
             tenant=tenant,
             topic=TOPICS[step],

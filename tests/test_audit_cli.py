@@ -164,7 +164,7 @@ def test_the_table_fits_the_terminal_and_keeps_record_ids_whole(width: int) -> N
     records = [
         replace(
             make_record(n, tenant="a-rather-long-tenant-name", key="fp_" + "c" * 32, name="billing service key"),
-            record_id=record_id("acme", f"evt-{n}"),
+            record_id=record_id("acme", f"evt-{n}", "2026-11-28T10:00:00.000Z"),
         )
         for n in range(3)
     ]

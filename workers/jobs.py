@@ -45,7 +45,7 @@ RQ_RETRY_BACKSTOP = 1_000_000
 def _fallback_record(event: dict[str, Any]) -> AuditRecord:
     """An event whose body defeats the normalizer is still kept, as a generic entity event (never dropped)."""
     return AuditRecord(
-        record_id=record_id(event["tenant"], event["event_key"]),
+        record_id=record_id(event["tenant"], event["event_key"], event["received_at"]),
         event_id=event["event_key"],
         tenant=event["tenant"],
         topic=event.get("topic") or UNKNOWN_TOPIC,
