@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from config.datadir import pepper as load_pepper
 from config.queues import PING_TTL_SECONDS, ping_key
 from config.settings import Settings
-from ingest import api
+from ingest import api, web
 from ingest.committer import AcceptedEvent, CommitFailed, GroupCommitter
 from ingest.envelope import event_key, parse_envelope
 from ingest.metrics import ReceiverMetrics
@@ -299,4 +299,5 @@ def create_app(settings: Settings) -> Receiver:
         Route("/metrics", metrics, methods=["GET"]),
     ]
     routes.extend(api.routes(settings))
+    routes.extend(web.routes())
     return Receiver(Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}))
