@@ -139,3 +139,13 @@ class Settings:
     sinks: tuple[SinkSettings, ...] = ()
     # Where the settings came from, for `config check` and error messages ("embedded defaults" or a path).
     source: str = "embedded defaults"
+
+
+def display_url(url: str) -> str:
+    """A URL for messages and logs: a password in it (redis://:pw@host, postgresql://user:pw@host) is masked."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, _, host = rest.partition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user + ':' if user else ':'}***@{host}" if ":" in userinfo else f"{scheme}://{user}@{host}"

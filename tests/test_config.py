@@ -146,3 +146,28 @@ def test_read_only_commands_do_not_generate_the_demo_token(
     assert not (tmp_path / "data" / "demo-token").exists()
     assert main(["simulate", "--count", "1"]) == 1
     assert "start `keytrail up`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@redis.internal:6379/0", "redis://:***@redis.internal:6379/0"),
+        ("postgresql://keytrail:s3cret@db/keytrail", "postgresql://keytrail:***@db/keytrail"),
+        ("postgresql://keytrail@db/keytrail", "postgresql://keytrail@db/keytrail"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("sqlite:///data/keytrail.db", "sqlite:///data/keytrail.db"),
+    ],
+)
+def test_urls_in_messages_never_show_a_password(url: str, shown: str) -> None:
+    from config.settings import display_url
+
+    assert display_url(url) == shown
+
+
+def test_a_redis_password_stays_out_of_the_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "k.toml"
+    config.write_text('[redis]\nurl = "redis://:hunter2@127.0.0.1:1/0"\n')
+    assert main(["--config", str(config), "status"]) == 1
+    err = capsys.readouterr().err
+    assert "Redis does not answer" in err
+    assert "hunter2" not in err

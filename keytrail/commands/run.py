@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from config import Secret, Settings, SinkSettings, TenantSettings
 from config.datadir import demo_token
 from config.logging import configure_logging
+from config.settings import display_url
 from keytrail.cli import CliError, settings_from_args
 
 
@@ -120,7 +121,7 @@ def _check_redis(url: str) -> None:
     try:
         Redis.from_url(url, socket_connect_timeout=2).ping()
     except RedisError:
-        raise CliError(f"Redis does not answer at {url}: start redis-server or set redis.url") from None
+        raise CliError(f"Redis does not answer at {display_url(url)}: start redis-server or set redis.url") from None
 
 
 def _redis_answers(url: str) -> bool:
@@ -142,7 +143,8 @@ def private_redis(settings: Settings) -> Iterator[None]:
     local = parsed.hostname in ("127.0.0.1", "localhost", "::1")
     if not (settings.redis.autostart and binary and local):
         raise CliError(
-            f"Redis does not answer at {url}; install it (e.g. apt-get install redis-server) or set redis.url"
+            f"Redis does not answer at {display_url(url)}; install it (e.g. apt-get install redis-server) "
+            "or set redis.url"
         )
     redis_dir = (settings.data_dir / "redis").resolve()
     redis_dir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from config.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer
+from config.settings import display_url
 from keytrail.cli import CliError, settings_from_args
 from keytrail.output import add_format_option, chosen_format, print_rows
 
@@ -40,7 +41,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 }
             )
     except RedisError as exc:
-        raise CliError(f"Redis does not answer at {settings.redis.url}: {type(exc).__name__}") from None
+        raise CliError(f"Redis does not answer at {display_url(settings.redis.url)}: {type(exc).__name__}") from None
     deliveries = _deliveries(settings.audit.url)
     sinks = [
         {"sink": sink, **{state: counts.get(state, 0) for state in STATES}}

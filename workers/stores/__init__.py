@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 from config.errors import ConfigError
+from config.settings import display_url
 from workers.stores.base import (
     CHECKPOINT_EVERY,
     AppendResult,
@@ -62,4 +63,4 @@ def open_store(
             raise ConfigError([f"audit.url: PostgreSQL store unavailable ({exc})"]) from None
         store: AuditStore = postgres.PostgresStore(url, signer=signer, checkpoint_every=checkpoint_every)
         return store
-    raise ConfigError([f"audit.url: {url!r} is neither sqlite:///… nor postgresql://…"])
+    raise ConfigError([f"audit.url: {display_url(url)!r} is neither sqlite:///… nor postgresql://…"])
