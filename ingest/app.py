@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
+from rq import Queue
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -25,7 +27,14 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from config.datadir import pepper as load_pepper
-from config.queues import PING_TTL_SECONDS, ping_key
+from config.queues import (
+    DELIVER_QUEUE,
+    INGEST_QUEUE,
+    PING_TTL_SECONDS,
+    alive_key,
+    ping_key,
+    sink_disabled_key,
+)
 from config.settings import Settings
 from ingest import api, web
 from ingest.committer import AcceptedEvent, CommitFailed, GroupCommitter
@@ -212,7 +221,30 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text: this receiver's own counters, plus queue, retry and worker gauges read from Redis now."""
+    state = _state(request)
+    with contextlib.suppress(RedisError):
+        await _observe_pipeline(state)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _observe_pipeline(state: ReceiverState) -> None:
+    queues = (INGEST_QUEUE, DELIVER_QUEUE)
+    async with state.redis.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.llen(Queue.redis_queue_namespace_prefix + queue)
+            pipe.zcard(ScheduledJobRegistry.key_template.format(queue))
+            pipe.zcard(FailedJobRegistry.key_template.format(queue))
+        counts = await pipe.execute()
+    for index, queue in enumerate(queues):
+        queued, scheduled, failed = counts[index * 3 : index * 3 + 3]
+        state.metrics.jobs.labels(queue, "queued").set(queued)
+        state.metrics.jobs.labels(queue, "scheduled").set(scheduled)
+        state.metrics.jobs.labels(queue, "failed").set(failed)
+    alive = [key async for key in state.redis.scan_iter(match=alive_key("*"), count=500)]
+    state.metrics.workers.set(len(alive))
+    disabled = [s.name for s in state.settings.sinks if await state.redis.exists(sink_disabled_key(s.name))]
+    state.metrics.sinks_disabled.set(len(disabled))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -32,6 +32,18 @@ class ReceiverMetrics:
             "keytrail_ingest_queue_jobs", "Normalize jobs waiting in Redis (last seen)", registry=self.registry
         )
 
+        # The pipeline as Redis sees it, read at scrape time, so one receiver's /metrics shows the whole system.
+        self.jobs = Gauge(
+            "keytrail_jobs",
+            "RQ jobs by queue and state (queued, scheduled = waiting for a retry, failed)",
+            ["queue", "state"],
+            registry=self.registry,
+        )
+        self.workers = Gauge("keytrail_workers_alive", "Workers whose liveness key is fresh", registry=self.registry)
+        self.sinks_disabled = Gauge(
+            "keytrail_sinks_disabled", "Sinks disabled by their peer (HTTP 410) until replayed", registry=self.registry
+        )
+
         self._answered: dict[tuple[str, int], Any] = {}
 
     def answered(self, tenant: str, status: int) -> None:

@@ -188,6 +188,9 @@ def test_health_ready_and_metrics(receiver: httpx.Client) -> None:
     metrics = receiver.get("/metrics").text
     assert 'keytrail_webhooks_total{status="202",tenant="acme"} 1.0' in metrics
     assert "keytrail_commit_batch_events_count" in metrics
+    assert 'keytrail_jobs{queue="ingest",state="queued"} 1.0' in metrics  # read from Redis at scrape time
+    assert 'keytrail_jobs{queue="deliver",state="failed"} 0.0' in metrics
+    assert "keytrail_workers_alive 0.0" in metrics
 
 
 def test_unknown_route_and_method_are_4xx(receiver: httpx.Client) -> None:
