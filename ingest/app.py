@@ -174,27 +174,6 @@ async def _receive_ping(state: ReceiverState, tenant_name: str, headers: Mapping
     return 200, {"ping": marker}, None
 
 
-async def receive_webhook(request: Request) -> Response:
-    """The webhook route inside the Starlette app (the hot path normally answers before it; see Receiver)."""
-
-    async def read_body(limit: int) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise Rejected(413, f"body larger than {limit} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise Rejected(413, f"body larger than {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    status, payload, headers = await handle_webhook(
-        _state(request), request.path_params["tenant"], request.headers, read_body
-    )
-    return Response(orjson.dumps(payload), status_code=status, headers=headers, media_type="application/json")
-
-
 async def _over_high_water(state: ReceiverState) -> bool:
     committer = state.committer
     with contextlib.suppress(RedisError):
@@ -253,8 +232,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 class Receiver:
-    """The receiver's ASGI entry point. `POST /hooks/theauthapi/{tenant}` is answered here directly; every other
-    request (health, metrics, the audit API, other methods) and the lifespan go to the Starlette app.
+    """The receiver's ASGI entry point. `/hooks/theauthapi/{tenant}` is answered here directly; every other request
+    (health, metrics, the audit API, the page) and the lifespan go to the Starlette app.
 
     Why: the webhook route is the one hot path, and each request suspends once (until its batch is in Redis).
     Resuming through Starlette's router and middleware stack cost more than the handler's own work; answered here,
@@ -266,10 +245,15 @@ class Receiver:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] == "http" and scope["method"] == "POST" and path.startswith(HOOK_PREFIX):
+        if scope["type"] == "http" and path.startswith(HOOK_PREFIX):
             tenant = path[len(HOOK_PREFIX) :]
             if tenant and "/" not in tenant:
-                await self._webhook(scope, receive, send, tenant)
+                if scope["method"] == "POST":
+                    await self._webhook(scope, receive, send, tenant)
+                else:
+                    await _send_json(
+                        send, 405, {"error": "method not allowed; deliveries are POSTed"}, {"Allow": "POST"}
+                    )
                 return
         await self.app(scope, receive, send)
 
@@ -294,12 +278,16 @@ class Receiver:
             return b"".join(chunks)
 
         status, payload, extra = await handle_webhook(self.state.keytrail, tenant, headers, read_body)
-        body = orjson.dumps(payload)
-        response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if extra:
-            response_headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        await send({"type": "http.response.start", "status": status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, status, payload, extra)
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any], extra: dict[str, str] | None) -> None:
+    body = orjson.dumps(payload)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers += [(name.lower().encode(), value.encode()) for name, value in extra.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(settings: Settings) -> Receiver:
@@ -325,7 +313,6 @@ def create_app(settings: Settings) -> Receiver:
             sync_connection.close()
 
     routes: list[BaseRoute] = [
-        Route("/hooks/theauthapi/{tenant}", receive_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

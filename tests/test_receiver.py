@@ -194,7 +194,9 @@ def test_health_ready_and_metrics(receiver: httpx.Client) -> None:
 
 
 def test_unknown_route_and_method_are_4xx(receiver: httpx.Client) -> None:
-    assert receiver.get("/hooks/theauthapi/acme").status_code == 405
+    wrong_method = receiver.get("/hooks/theauthapi/acme")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
     assert receiver.get("/nope").status_code == 404
 
 
