@@ -122,3 +122,43 @@ def test_deliveries_to_a_sink_removed_from_the_config_become_dead_letters(
     assert [(row["sink"], row["reason"]) for row in dead] == [("old", "sink no longer configured")]
     assert not (tmp_path / "old.jsonl").exists()
     assert len((tmp_path / "archive.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_sink_its_peer_disabled_holds_nothing_back_and_replay_re_enables_it(
+    tmp_path: Path, redis: Redis, plugins: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    switch, out = tmp_path / "gone", tmp_path / "crm.jsonl"
+    switch.write_text("410")
+    config = tmp_path / "keytrail.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[redis]\nurl = "{REDIS_URL}"\n'
+        f'[audit]\nurl = "sqlite:///{tmp_path / "data" / "audit.db"}"\n'
+        f'[tenants.acme]\ntoken = "{signed_headers()["x-keytrail-token"]}"\n'
+        f'[[sinks]]\nname = "crm"\ntype = "flaky_sinks:GoneSink"\npath = "{out}"\nswitch = "{switch}"\n'
+    )
+    settings = load_settings(config, {})
+
+    def deliver_one(topic: str) -> None:
+        with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url) as client:
+            delivery = make_delivery(settings.tenants["acme"], topic)
+            response = client.post("/hooks/theauthapi/acme", content=delivery.body, headers=delivery.headers)
+            assert response.status_code == 202
+        run_worker(settings, INGEST_QUEUE, burst=True)
+        run_worker(settings, DELIVER_QUEUE, burst=True)
+
+    deliver_one("api-key.created")  # the peer answers 410: the sink is disabled
+    switch.unlink()  # even though the peer is back, a disabled sink is not tried until an operator says so
+    deliver_one("api-key.updated")
+    capsys.readouterr()
+    assert not out.exists()
+    assert main(["--config", str(config), "status", "--format", "json"]) == 0
+    crm = json.loads(capsys.readouterr().out)["deliveries"][0]
+    assert (crm["sink"], crm["disabled"], crm["dead"]) == ("crm", True, 2)
+
+    assert main(["--config", str(config), "dlq", "replay", "--sink", "crm"]) == 0
+    run_worker(settings, DELIVER_QUEUE, burst=True)
+    capsys.readouterr()
+    assert len(out.read_text().splitlines()) == 2
+    assert main(["--config", str(config), "status", "--format", "json"]) == 0
+    crm = json.loads(capsys.readouterr().out)["deliveries"][0]
+    assert (crm["disabled"], crm["delivered"], crm["dead"]) == (False, 2, 0)

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer
+from config.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer, sink_disabled_key
 from config.settings import display_url
 from keytrail.cli import CliError, settings_from_args
 from keytrail.output import add_format_option, chosen_format, print_rows
@@ -43,15 +43,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     except RedisError as exc:
         raise CliError(f"Redis does not answer at {display_url(settings.redis.url)}: {type(exc).__name__}") from None
     deliveries = _deliveries(settings.audit.url)
+    names = sorted(set(deliveries) | {s.name for s in settings.sinks})
+    try:
+        disabled = {name for name in names if redis.exists(sink_disabled_key(name))}
+    except RedisError:
+        disabled = set()
     sinks = [
-        {"sink": sink, **{state: counts.get(state, 0) for state in STATES}}
-        for sink, counts in sorted(deliveries.items())
+        {
+            "sink": name,
+            **{state: deliveries.get(name, {}).get(state, 0) for state in STATES},
+            "disabled": name in disabled,  # by its peer (HTTP 410); `keytrail dlq replay --sink` re-enables
+        }
+        for name in names
     ]
     if chosen_format(args.format) == "json":
         print(json.dumps({"queues": rows, "deliveries": sinks}, indent=2))
     else:
         print_rows(rows, ("queue", "queued", "started", "scheduled", "failed", "workers"), "table", title="queues")
-        print_rows(sinks, ("sink", *STATES), "table", title="deliveries per sink")
+        print_rows(sinks, ("sink", *STATES, "disabled"), "table", title="deliveries per sink")
     return 0
 
 

@@ -10,7 +10,7 @@ from typing import Self
 
 from config.settings import SinkSettings
 from sinks.base import DeliveryReport, Outcome
-from sinks.errors import SinkRejected, SinkUnavailable
+from sinks.errors import SinkDisabled, SinkRejected, SinkUnavailable
 from sinks.options import Options
 from workers.records import AuditRecord
 
@@ -58,4 +58,13 @@ class RejectingSink(SwitchSink):
     def send(self, records: Sequence[AuditRecord]) -> DeliveryReport:
         if self.switch.exists():
             raise SinkRejected("peer said 422: unknown field (test switch)")
+        return super().send(records)
+
+
+class GoneSink(SwitchSink):
+    """Answers like a CRM endpoint that was deleted (HTTP 410) while the file `switch` exists."""
+
+    def send(self, records: Sequence[AuditRecord]) -> DeliveryReport:
+        if self.switch.exists():
+            raise SinkDisabled("410 Gone (test switch)")
         return super().send(records)
