@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -66,3 +67,22 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
             return True
         time.sleep(interval)
     return predicate()
+
+
+def write_config(directory: Path, body: str = "", *, redis_url: str = REDIS_URL) -> Path:
+    """`directory/keytrail.toml`: data dir, Redis and a SQLite audit store under `directory`, then `body`."""
+    config = directory / "keytrail.toml"
+    config.write_text(
+        f'data_dir = "{directory / "data"}"\n[redis]\nurl = "{redis_url}"\n'
+        f'[audit]\nurl = "sqlite:///{directory / "data" / "audit.db"}"\n' + body
+    )
+    return config
+
+
+def drain(settings: Settings) -> None:
+    """Run both queues' workers in burst mode: everything queued is normalized, stored and delivered."""
+    from config.queues import DELIVER_QUEUE, INGEST_QUEUE
+    from workers.runner import run_worker
+
+    run_worker(settings, INGEST_QUEUE, burst=True)
+    run_worker(settings, DELIVER_QUEUE, burst=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import REDIS_URL, ServerThread, signed_headers
+from harness import REDIS_URL, ServerThread, signed_headers, write_config
 from redis import Redis
 
 from config import load_settings
@@ -34,14 +34,12 @@ def test_rejected_records_are_listed_then_replayed_once_the_peer_accepts(
 ) -> None:
     switch, out = tmp_path / "rejecting", tmp_path / "crm.jsonl"
     switch.write_text("on")
-    config = tmp_path / "keytrail.toml"
-    config.write_text(
-        f'data_dir = "{tmp_path / "data"}"\n[redis]\nurl = "{REDIS_URL}"\n'
-        f'[audit]\nurl = "sqlite:///{tmp_path / "data" / "audit.db"}"\n'
+    config = write_config(
+        tmp_path,
         f'[tenants.acme]\ntoken = "{signed_headers()["x-keytrail-token"]}"\n'
         f'[[sinks]]\nname = "crm"\ntype = "flaky_sinks:RejectingSink"\npath = "{out}"\nswitch = "{switch}"\n'
         f'topics = ["api-key.*"]\n'
-        f'[[sinks]]\nname = "archive"\ntype = "file"\npath = "{tmp_path / "archive.jsonl"}"\n'
+        f'[[sinks]]\nname = "archive"\ntype = "file"\npath = "{tmp_path / "archive.jsonl"}"\n',
     )
     settings = load_settings(config, {})
 
@@ -129,12 +127,10 @@ def test_a_sink_its_peer_disabled_holds_nothing_back_and_replay_re_enables_it(
 ) -> None:
     switch, out = tmp_path / "gone", tmp_path / "crm.jsonl"
     switch.write_text("410")
-    config = tmp_path / "keytrail.toml"
-    config.write_text(
-        f'data_dir = "{tmp_path / "data"}"\n[redis]\nurl = "{REDIS_URL}"\n'
-        f'[audit]\nurl = "sqlite:///{tmp_path / "data" / "audit.db"}"\n'
+    config = write_config(
+        tmp_path,
         f'[tenants.acme]\ntoken = "{signed_headers()["x-keytrail-token"]}"\n'
-        f'[[sinks]]\nname = "crm"\ntype = "flaky_sinks:GoneSink"\npath = "{out}"\nswitch = "{switch}"\n'
+        f'[[sinks]]\nname = "crm"\ntype = "flaky_sinks:GoneSink"\npath = "{out}"\nswitch = "{switch}"\n',
     )
     settings = load_settings(config, {})
 

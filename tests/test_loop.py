@@ -9,11 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import REDIS_URL, ServerThread, free_port, wait_until
+from harness import REDIS_URL, ServerThread, drain, free_port, wait_until, write_config
 from redis import Redis
 
 from config import Settings, load_settings
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE
+from config.queues import DELIVER_QUEUE
 from ingest.app import create_app
 from keytrail.cli import main
 from keytrail.fake_authapi import FakeAuthApi, FakeState
@@ -30,24 +30,20 @@ def loop(tmp_path: Path, redis: Redis) -> Iterator[tuple[Settings, Path, FakeAut
     with FakeAuthApi(FakeState(bare_entity=False)) as fake:
         fake.state.seed(ACCESS_KEY, "acct-1", ["proj-1"])
         receiver_port = free_port()
-        config = tmp_path / "keytrail.toml"
-        config.write_text(
-            f'data_dir = "{tmp_path / "data"}"\n'
-            f'[redis]\nurl = "{REDIS_URL}"\n'
-            f'[audit]\nurl = "sqlite:///{tmp_path / "data" / "audit.db"}"\n'
-            f'[authapi]\nbase_url = "{fake.url}"\n'
-            f'[tenants.acme]\ntoken = "{TOKEN}"\naccess_key = "{ACCESS_KEY}"\naccount_id = "acct-1"\n'
-            f'project_ids = ["proj-1"]\npublic_url = "http://127.0.0.1:{receiver_port}"\n'
-            f'[[sinks]]\nname = "archive"\ntype = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
-        )
+        config = write_config(tmp_path, loop_config(tmp_path, fake.url, receiver_port))
         settings = load_settings(config, {})
         with ServerThread(create_app(settings), port=receiver_port):
             yield settings, config, fake
 
 
-def drain(settings: Settings) -> None:
-    run_worker(settings, INGEST_QUEUE, burst=True)
-    run_worker(settings, DELIVER_QUEUE, burst=True)
+def loop_config(tmp_path: Path, authapi_url: str, receiver_port: int) -> str:
+    """Tenant `acme` subscribed through the fake at `authapi_url`, delivering to a receiver on `receiver_port`."""
+    return (
+        f'[authapi]\nbase_url = "{authapi_url}"\n'
+        f'[tenants.acme]\ntoken = "{TOKEN}"\naccess_key = "{ACCESS_KEY}"\naccount_id = "acct-1"\n'
+        f'project_ids = ["proj-1"]\npublic_url = "http://127.0.0.1:{receiver_port}"\n'
+        f'[[sinks]]\nname = "archive"\ntype = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
+    )
 
 
 def test_key_lifecycle_in_the_fake_becomes_audit_records(
@@ -93,14 +89,7 @@ def test_redeliveries_from_the_fake_make_one_record_each(tmp_path: Path, redis: 
     with FakeAuthApi(state) as fake:
         fake.state.seed(ACCESS_KEY, "acct-1", ["proj-1"])
         port = free_port()
-        config = tmp_path / "keytrail.toml"
-        config.write_text(
-            f'data_dir = "{tmp_path / "data"}"\n[redis]\nurl = "{REDIS_URL}"\n'
-            f'[audit]\nurl = "sqlite:///{tmp_path / "data" / "audit.db"}"\n[authapi]\nbase_url = "{fake.url}"\n'
-            f'[tenants.acme]\ntoken = "{TOKEN}"\naccess_key = "{ACCESS_KEY}"\naccount_id = "acct-1"\n'
-            f'project_ids = ["proj-1"]\npublic_url = "http://127.0.0.1:{port}"\n'
-            f'[[sinks]]\nname = "archive"\ntype = "file"\npath = "{tmp_path / "out.jsonl"}"\n'
-        )
+        config = write_config(tmp_path, loop_config(tmp_path, fake.url, port))
         settings = load_settings(config, {})
         with ServerThread(create_app(settings), port=port):
             assert main(["--config", str(config), "subscribe", "--no-ping", "--format", "json"]) == 0

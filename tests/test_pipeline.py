@@ -14,24 +14,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import REDIS_URL, ServerThread, SettingsFactory, signed_headers, wait_until
+from harness import REDIS_URL, ServerThread, SettingsFactory, drain, signed_headers, wait_until
 from redis import Redis
 
 from config import Settings
 from config.logging import configure_logging
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE
 from ingest.app import create_app
 from keytrail.simulation import TOPICS, make_delivery
-from workers.runner import run_worker
 from workers.stores import DeliveryState, RecordQuery, open_store
 
 PLUGINS = str(Path(__file__).parent / "plugins")
-
-
-def drain(settings: Settings) -> None:
-    """Run both queues in burst mode until nothing is left to do."""
-    run_worker(settings, INGEST_QUEUE, burst=True)
-    run_worker(settings, DELIVER_QUEUE, burst=True)
 
 
 @pytest.fixture

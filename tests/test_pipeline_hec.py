@@ -9,22 +9,15 @@ from pathlib import Path
 import httpx
 import pytest
 from fakes.hec import FakeHec
-from harness import ServerThread, SettingsFactory, wait_until
+from harness import ServerThread, SettingsFactory, drain, wait_until
 from redis import Redis
 
 from config import Settings
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE
 from ingest.app import create_app
 from keytrail.simulation import TOPICS, make_delivery
-from workers.runner import run_worker
 from workers.stores import DeliveryState, RecordQuery, open_store
 
 HEC_TOKEN = "11111111-2222-3333-4444-555555555555"
-
-
-def drain(settings: Settings) -> None:
-    run_worker(settings, INGEST_QUEUE, burst=True)
-    run_worker(settings, DELIVER_QUEUE, burst=True)
 
 
 @pytest.fixture
