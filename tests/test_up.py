@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import free_port, wait_until
+from harness import free_port, wait_until, write_config
 
 from keytrail.cli import main
 
@@ -98,3 +98,19 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(p) for p in text.split()]
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path, redis: object) -> None:
+    config = write_config(tmp_path)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "keytrail", "--config", str(config), "worker"], stderr=subprocess.DEVNULL
+    )
+    try:
+        assert wait_until(lambda: len(_children(supervisor.pid)) == 2, timeout=20, interval=0.2)
+        children = _children(supervisor.pid)
+        supervisor.kill()  # SIGKILL: no chance to stop its children itself
+        supervisor.wait(timeout=10)
+        assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=20)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()

@@ -10,6 +10,7 @@ is gone (reference §4).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ from workers.recovery import Guardian
 
 log = structlog.get_logger("keytrail.worker")
 QUEUES = (INGEST_QUEUE, DELIVER_QUEUE)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class KeytrailWorker(SimpleWorker):
@@ -72,7 +74,17 @@ def spawn_workers(config: Path | None, queues: Sequence[str] = QUEUES) -> list[s
     base = [sys.executable, "-m", "keytrail"]
     if config is not None:
         base += ["--config", str(config)]
-    return [subprocess.Popen([*base, "worker", "--queue", queue]) for queue in queues]  # noqa: S603
+    return [
+        subprocess.Popen([*base, "worker", "--queue", queue], preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
+        for queue in queues
+    ]
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGTERM (a warm shutdown) if the supervisor dies, even by
+    SIGKILL, so no worker is left orphaned. Elsewhere this does nothing."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_children(children: Sequence[subprocess.Popen[bytes]], timeout: float = 15) -> None:

@@ -104,10 +104,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for queue in QUEUES:
             run_worker(settings, queue, burst=True)
         return 0
-    children = spawn_workers(args.config, QUEUES)
     stopping: list[int] = []
     # SIGTERM (docker stop, systemd) must reach the children too; by default it would kill only this process.
+    # Installed before the children exist, so no SIGTERM can fall between their start and the handler.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    children = spawn_workers(args.config, QUEUES)
     try:
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(0.2)
