@@ -28,7 +28,6 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any, Self
 
@@ -36,6 +35,7 @@ import httpx
 
 from config.errors import ConfigError
 from config.settings import Secret, SinkSettings
+from sinks import retry_after
 from sinks.base import DeliveryReport, Outcome
 from sinks.errors import SinkDisabled, SinkError, SinkRejected, SinkUnavailable
 from sinks.options import Options
@@ -210,19 +210,8 @@ def classify_ack(status: int, body: bytes | Mapping[str, Any]) -> dict[int, bool
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Retry-After as seconds from now: delta-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    """Retry-After as seconds from `now` (see sinks.http), for callers that hold a datetime."""
+    return retry_after.parse_retry_after(value, now=now.timestamp() if now is not None else None)
 
 
 def _payload(body: bytes | Mapping[str, Any]) -> Mapping[str, Any]:

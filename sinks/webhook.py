@@ -21,11 +21,9 @@ import binascii
 import hashlib
 import hmac
 import json
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from email.utils import parsedate_to_datetime
 from importlib import metadata
 from typing import Self
 
@@ -36,11 +34,11 @@ from config.settings import Secret, SinkSettings
 from sinks.base import DeliveryReport, Outcome
 from sinks.errors import SinkDisabled, SinkError, SinkRejected, SinkUnavailable
 from sinks.options import Options
+from sinks.retry_after import parse_retry_after
 from workers.records import AuditRecord
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 # Retry-After larger than this is read as this: a peer cannot park our records for weeks.
-MAX_RETRY_AFTER = 24 * 3600.0
 _EXCERPT = 200
 
 
@@ -77,20 +75,8 @@ def render_headers(record: AuditRecord, body: bytes, key: bytes, timestamp: int)
 
 
 def retry_after_seconds(value: str | None, *, now: float) -> float | None:
-    """`Retry-After` as seconds from `now` (unix time): delta-seconds or an HTTP-date; None if absent or unreadable."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(text).timestamp() - now
-        except (TypeError, ValueError):
-            return None
-    if math.isnan(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    """`Retry-After` as seconds from `now` (unix time); see sinks.http."""
+    return parse_retry_after(value, now=now)
 
 
 def excerpt(text: str, limit: int = _EXCERPT) -> str:

@@ -7,7 +7,6 @@ scheduled check, not an RQ job with its own retry policy.
 
 from __future__ import annotations
 
-import email.utils
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ import httpx
 import structlog
 
 from config.settings import Secret, Settings, TenantSettings
+from sinks.retry_after import parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -66,18 +66,9 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     """Seconds the server asks us to wait: `Retry-After` (seconds or an HTTP date) or The Auth API's
     `retry-after-seconds` (a decimal, per its rate-limiting guide)."""
     for name in ("retry-after", "retry-after-seconds"):
-        raw = response.headers.get(name)
-        if raw is None:
-            continue
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            continue
-        return max(0.0, when.timestamp() - time.time())
+        seconds = parse_retry_after(response.headers.get(name))
+        if seconds is not None:
+            return seconds
     return None
 
 
