@@ -155,17 +155,7 @@ async def get_record(api: AuditApi, request: Request) -> Response:
         place = store.locate(record_id) if found else None
         if not found or place is None:
             return None
-        deliveries = [
-            {
-                "sink": d.sink,
-                "state": str(d.state),
-                "attempts": d.attempts,
-                "next_at": d.next_at,
-                "reason": d.reason,
-                "updated_at": d.updated_at,
-            }
-            for d in store.deliveries(record_id)
-        ]
+        deliveries = [d.to_dict() for d in store.deliveries(record_id)]
         return {"record": found[0].to_dict(), "chain": place_report(found[0], place), "deliveries": deliveries}
 
     detail = await run_in_threadpool(read)

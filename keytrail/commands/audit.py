@@ -323,17 +323,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if place is None:
         raise CliError(f"record {args.record_id} vanished while it was read")
     chain = place_report(record, place)
-    delivery_rows = [
-        {
-            "sink": d.sink,
-            "state": str(d.state),
-            "attempts": d.attempts,
-            "next_at": d.next_at,
-            "reason": d.reason,
-            "updated_at": d.updated_at,
-        }
-        for d in deliveries
-    ]
+    delivery_rows = [d.to_dict() for d in deliveries]
     if chosen_format(args.format) == "json":
         print(json.dumps({"record": record.to_dict(), "chain": chain, "deliveries": delivery_rows}, indent=2))
         return 0

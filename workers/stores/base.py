@@ -48,6 +48,17 @@ class Delivery:
     reason: str | None
     updated_at: str
 
+    def to_dict(self) -> dict[str, Any]:
+        """One sink's delivery state of a record, as `audit show` and the HTTP API print it."""
+        return {
+            "sink": self.sink,
+            "state": str(self.state),
+            "attempts": self.attempts,
+            "next_at": self.next_at,
+            "reason": self.reason,
+            "updated_at": self.updated_at,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class RecordQuery:
