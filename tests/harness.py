@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -13,7 +14,8 @@ import uvicorn
 
 from config import Settings
 
-REDIS_URL = "redis://127.0.0.1:6379/13"  # a database of its own: other suites on this Redis use others
+# A database of its own: other suites on this Redis use others. KEYTRAIL_TEST_REDIS_URL lets two runs share a Redis.
+REDIS_URL = os.environ.get("KEYTRAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 TOKEN = "test-token-0123456789abcdef"
 SIGNING_SECRET = "whsec-test-signing-secret"
 
