@@ -11,10 +11,19 @@ from typing import Any
 import pytest
 import structlog
 from harness import REDIS_URL, SIGNING_SECRET, TOKEN, SettingsFactory
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from redis import Redis
 from redis.exceptions import RedisError
 
 from config import Settings, settings_from_mapping
+
+# Generated tests talk to real servers, so an example's time says nothing about the code: no deadline. Each test
+# bounds its own `max_examples`; CI prints the seed and blob of any failure so it can be replayed.
+hypothesis_settings.register_profile(
+    "keytrail", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True, max_examples=50
+)
+hypothesis_settings.load_profile("keytrail")
 
 
 @pytest.fixture(autouse=True)
