@@ -6,6 +6,9 @@ Extension keys come from the CEF dictionary where one fits (`rt`, `externalId`, 
 the custom-string pairs `cs1`..`cs6` with their `csNLabel`:
 
     cs1 tenant · cs2 entityType · cs3 fingerprint · cs4 entityName · cs5 projectId · cs6 keyHint (prefix…last4)
+
+A line cut to fit a syslog message ends in `cn1Label=truncated cn1=<octets of the whole line>`, the counterpart of the
+`truncated` structured-data parameter of RFC 5424 messages; the cut always keeps the header, `rt` and `externalId`.
 """
 
 from __future__ import annotations
@@ -63,8 +66,28 @@ def event_name(record: AuditRecord) -> str:
 
 def render_cef(record: AuditRecord, *, version: str) -> str:
     """The CEF line for one record (no syslog header; the syslog sink adds it)."""
+    extension = " ".join(f"{key}={value}" for key, value in _extension(record))
+    return f"{_header(record, version)}|{extension}"
+
+
+def identifying_prefix(record: AuditRecord, *, version: str) -> str:
+    """The start of the CEF line that says which event it is (header, `rt`, `externalId`): a cut line keeps it."""
+    pairs = _extension(record)
+    keys = [key for key, _ in pairs]
+    end = keys.index("externalId") + 1 if "externalId" in keys else 0
+    extension = " ".join(f"{key}={value}" for key, value in pairs[:end])
+    return f"{_header(record, version)}|{extension}"
+
+
+def cef_truncation_mark(original_octets: int) -> str:
+    """Appended to a cut line. A pair of its own (the cut drops a dangling backslash first, so it cannot be escaped
+    into the previous value); cn1 is a CEF dictionary number any collector maps."""
+    return f" cn1Label=truncated cn1={original_octets}"
+
+
+def _header(record: AuditRecord, version: str) -> str:
     severity = CEF_SEVERITY.get(int(record.severity_id), CEF_SEVERITY[Severity.UNKNOWN])
-    header = "|".join(
+    return "|".join(
         [
             "CEF:0",
             escape_header(VENDOR),
@@ -75,6 +98,10 @@ def render_cef(record: AuditRecord, *, version: str) -> str:
             str(severity),
         ]
     )
+
+
+def _extension(record: AuditRecord) -> list[tuple[str, str]]:
+    """The extension's key / escaped value pairs, in order: the identifying ones (`rt`, `externalId`) first."""
     entity = record.entity
     key_hint = f"{entity.prefix}…{entity.last4}" if entity.prefix or entity.last4 else None
     fields: list[tuple[str, str | None]] = [
@@ -96,9 +123,7 @@ def render_cef(record: AuditRecord, *, version: str) -> str:
         ("cs6Label", "keyHint"),
         ("cs6", key_hint),
     ]
-    present = _drop_unset(fields)
-    extension = " ".join(f"{key}={escape_extension(value)}" for key, value in present)
-    return f"{header}|{extension}"
+    return [(key, escape_extension(value)) for key, value in _drop_unset(fields)]
 
 
 def _str_or_none(value: int | None) -> str | None:

@@ -27,10 +27,14 @@ out of world-readable logs), severity is mapped from the record's OCSF severity_
 look for `CEF:` right after the header.
 
 Size: a message never exceeds `max_message` octets (default 2048 on UDP, the size RFC 5426 says every receiver should
-accept; 8192 on streams, rsyslog's default limit). A longer message keeps its header and structured data and has its
+accept; 8096 on TCP, TLS and RELP, the limit of an rsyslog left at its defaults, see RSYSLOG_DEFAULT_MAX). A receiver
+that cuts a longer message itself cuts inside a character, loses our mark, and on a stream turns the rest into a
+second message with no event_id; so we cut first. A longer message keeps its header and structured data and has its
 MSG cut at a UTF-8 boundary, ending in ` [truncated]`; the structured data then says `truncated="<original MSG
-octets>"`. Newline framing cannot carry a line feed, so with `framing = "newline"` any LF in a message becomes a space
-(our JSON never contains one; only unusual topics or tenant names in structured data could).
+octets>"`. A CEF line is cut the same way but keeps at least its header and `externalId`, and ends in
+`cn1Label=truncated cn1=<original line octets>` (see `sinks.cef`). Newline framing cannot carry a line feed, so with
+`framing = "newline"` any LF in a message becomes a space (our JSON never contains one; only unusual topics or tenant
+names in structured data could).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import ssl
 import termios
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -52,7 +56,7 @@ from typing import Literal, Protocol, Self, cast
 
 from config.settings import SinkSettings
 from sinks.base import DeliveryReport, Outcome
-from sinks.cef import render_cef
+from sinks.cef import cef_truncation_mark, identifying_prefix, render_cef
 from sinks.errors import SinkUnavailable
 from sinks.options import Options
 from workers.records import AuditRecord
@@ -76,6 +80,13 @@ DEFAULT_SD_ID = "keytrail@32473"  # 32473 is the documentation enterprise number
 NIL = "-"
 BOM = b"\xef\xbb\xbf"
 TRUNCATION_MARK = b" [truncated]"
+
+# rsyslog's default maximum message size (8.2302: "max msg size is 8096"), measured here: a message of 8096 octets
+# arrives whole on imudp, imtcp and imptcp (octet-counted and LF-framed), TLS (gtls) and imrelp; 8097 octets are cut
+# on every one of them. Only the syslog message counts, not the octet count or LF of its framing. No margin: the
+# boundary is exact on every input, and tests/sinks/test_syslog_size.py pins it against the real daemon.
+RSYSLOG_DEFAULT_MAX = 8096
+UDP_DEFAULT_MAX = 2048
 
 # TLS 1.3 finishes the client's handshake before the server has checked the client certificate; a server that
 # rejects it closes right after. Waiting this long (once per new connection) turns that into a connect error
@@ -143,19 +154,33 @@ def record_json(record: AuditRecord) -> bytes:
     return json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def render_rfc5424(record: AuditRecord, header: Header, *, max_size: int = 8192) -> bytes:
+def render_rfc5424(record: AuditRecord, header: Header, *, max_size: int = RSYSLOG_DEFAULT_MAX) -> bytes:
     """One RFC 5424 message: header, our structured data, BOM + the record as compact JSON (cut to fit `max_size`)."""
+    body = BOM + record_json(record)
+    whole = _head(record, header, structured_data(record, header.sd_id)) + b" " + body
+    if len(whole) <= max_size:
+        return whole
+    cut_head = _head(record, header, structured_data(record, header.sd_id, truncated_from=len(body))) + b" "
+    room = max_size - len(cut_head)
+    if room < len(TRUNCATION_MARK):
+        raise MessageTooLarge(f"header and structured data alone exceed max_message ({max_size} octets)")
+    return cut_head + truncate_utf8(body, room, TRUNCATION_MARK)
 
-    def head(truncated_from: int | None) -> bytes:
-        return _head(record, header, structured_data(record, header.sd_id, truncated_from=truncated_from))
 
-    return _fit(head, BOM + record_json(record), max_size)
-
-
-def render_cef_message(record: AuditRecord, header: Header, *, max_size: int = 8192, version: str = "") -> bytes:
-    """The CEF line carried in an RFC 5424 message without structured data (CEF has no place to mark a cut)."""
-    body = render_cef(record, version=version or keytrail_version()).encode()
-    return _fit(lambda _truncated_from: _head(record, header, NIL), body, max_size)
+def render_cef_message(
+    record: AuditRecord, header: Header, *, max_size: int = RSYSLOG_DEFAULT_MAX, version: str = ""
+) -> bytes:
+    """The CEF line carried in an RFC 5424 message without structured data; a cut line is marked in its extension."""
+    version = version or keytrail_version()
+    head = _head(record, header, NIL) + b" "
+    line = render_cef(record, version=version).encode()
+    if len(head) + len(line) <= max_size:
+        return head + line
+    mark = cef_truncation_mark(len(line)).encode()
+    cut = _without_dangling_backslash(cut_utf8(line, max(0, max_size - len(head) - len(mark))))
+    if len(cut) < len(identifying_prefix(record, version=version).encode()):
+        raise MessageTooLarge(f"CEF header and externalId alone exceed max_message ({max_size} octets)")
+    return head + cut + mark
 
 
 def _head(record: AuditRecord, header: Header, sd: str) -> bytes:
@@ -165,19 +190,24 @@ def _head(record: AuditRecord, header: Header, sd: str) -> bytes:
     return f"<{pri}>1 {rfc3339(record.time)} {header.hostname} {header.app_name} {NIL} {msgid} {sd}".encode()
 
 
-def _fit(head: Callable[[int | None], bytes], body: bytes, max_size: int) -> bytes:
-    """`head(None) SP body` if it fits; else `head(original body octets) SP` + as much body as fits + the mark."""
-    whole = head(None) + b" " + body
-    if len(whole) <= max_size:
-        return whole
-    cut_head = head(len(body)) + b" "
-    room = max_size - len(cut_head) - len(TRUNCATION_MARK)
-    if room < 0:
-        raise MessageTooLarge(f"header and structured data alone exceed max_message ({max_size} octets)")
-    cut = body[:room].decode("utf-8", errors="ignore").encode()
-    if not body.startswith(BOM):
-        cut = _without_dangling_backslash(cut)
-    return cut_head + cut + TRUNCATION_MARK
+def cut_utf8(data: bytes, limit: int) -> bytes:
+    """The longest prefix of UTF-8 `data` of at most `limit` octets that ends between two characters."""
+    if len(data) <= limit:
+        return data
+    end = max(limit, 0)
+    while end > 0 and data[end] & 0xC0 == 0x80:  # a continuation byte: the cut would split its character
+        end -= 1
+    return data[:end]
+
+
+def truncate_utf8(data: bytes, limit: int, mark: bytes) -> bytes:
+    """UTF-8 `data` unchanged if it fits in `limit` octets; else as much of it as fits before `mark`, cut between
+    characters, then `mark`."""
+    if len(data) <= limit:
+        return data
+    if limit < len(mark):
+        raise ValueError(f"a limit of {limit} octets leaves no room for the {len(mark)}-octet truncation mark")
+    return cut_utf8(data, limit - len(mark)) + mark
 
 
 def _without_dangling_backslash(cut: bytes) -> bytes:
@@ -571,7 +601,7 @@ class SyslogSink:
     Options (with defaults): `host` (required), `port` (514 udp/tcp, 6514 tls, 2514 relp), `transport` ("tcp"),
     `format` ("rfc5424" | "cef"), `framing` ("octet" | "newline", tcp/tls only), `facility` ("authpriv"; a name or
     0-23), `app_name` ("keytrail"), `hostname` (this machine's), `sd_id` ("keytrail@32473"), `max_message` (2048 udp,
-    8192 otherwise), `timeout` (10 s), `window` (relp: 128 unacknowledged frames), and for tls `ca_file`,
+    8096 otherwise), `timeout` (10 s), `window` (relp: 128 unacknowledged frames), and for tls `ca_file`,
     `cert_file`, `key_file`, `server_name` (default: host).
     """
 
@@ -582,7 +612,7 @@ class SyslogSink:
         *,
         header: Header | None = None,
         message_format: Format = "rfc5424",
-        max_message: int = 8192,
+        max_message: int = RSYSLOG_DEFAULT_MAX,
         framing: Framing = "octet",
     ) -> None:
         self.name = name
@@ -619,7 +649,8 @@ class SyslogSink:
             opts.problems.append(
                 f"sinks.{settings.name}.sd_id: a name, or name@<enterprise number>, like keytrail@32473"
             )
-        max_message = opts.integer("max_message", 2048 if kind == "udp" else 8192, minimum=480, maximum=65507)
+        default_max = UDP_DEFAULT_MAX if kind == "udp" else RSYSLOG_DEFAULT_MAX
+        max_message = opts.integer("max_message", default_max, minimum=480, maximum=65507)
         timeout = opts.number("timeout", 10.0, minimum=0.1)
         window = opts.integer("window", 128, minimum=1, maximum=10_000)
         files = TlsFiles(

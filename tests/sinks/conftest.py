@@ -99,6 +99,14 @@ def rsyslog(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_rsyslog(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[Rsyslog]:
+    """An rsyslogd for one test module, so that module can count every message it received (junk included)."""
+    server = _started(tmp_path_factory.mktemp("rsyslog"), certs)
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def private_rsyslog(tmp_path: Path, certs: Certs) -> Iterator[Rsyslog]:
     """An rsyslogd of the test's own, for tests that stop or restart it."""

@@ -270,7 +270,7 @@ def test_options_have_documented_defaults() -> None:
     assert built.header.sd_id == "keytrail@32473"
     assert built.message_format == "rfc5424"
     assert built.framing == "octet"
-    assert built.max_message == 8192
+    assert built.max_message == 8096
     assert sink(host="logs.example", transport="udp").max_message == 2048
 
 
