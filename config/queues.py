@@ -28,6 +28,11 @@ def alive_key(worker_name: str) -> str:
     return f"keytrail:alive:{worker_name}"
 
 
+def consumers_key(queue: str) -> str:
+    """A set of the names of workers that consume `queue`; a member is live only while its `alive_key` exists."""
+    return f"keytrail:consumers:{queue}"
+
+
 def sink_disabled_key(sink: str) -> str:
     return f"keytrail:sink:{sink}:disabled"
 

@@ -40,6 +40,10 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 256 * 1024
+    # A request's head must arrive within this many seconds of its first byte (of the connection, when it is new),
+    # its body within this many of the head: then 408 and the connection closes (ingest/server.py). 0 = no bound.
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,15 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 
-from config.queues import DELIVER_QUEUE, DRIFT_CHECK_JOB, INGEST_QUEUE, JobSerializer, alive_key, ingest_consumers_key
+from config.queues import (
+    DELIVER_QUEUE,
+    DRIFT_CHECK_JOB,
+    INGEST_QUEUE,
+    JobSerializer,
+    alive_key,
+    consumers_key,
+    ingest_consumers_key,
+)
 from config.settings import Settings
 
 log = structlog.get_logger("keytrail.recovery")
@@ -53,6 +61,9 @@ class Guardian:
         ttl_ms = int(self.settings.worker.liveness_ttl_seconds * 1000)
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(alive_key(self.worker_name), "1", px=ttl_ms)
+            if self.queue is not None:
+                # Which queue this worker consumes, for `/readyz` and `keytrail status` (live = alive key exists).
+                pipe.sadd(consumers_key(self.queue), self.worker_name)
             if self.queue == INGEST_QUEUE:
                 pipe.set(ingest_consumers_key(), self.worker_name, px=ttl_ms)
             pipe.execute()
@@ -68,6 +79,8 @@ class Guardian:
             if self.scheduler is not None:
                 self.scheduler.release_locks()  # type: ignore[no-untyped-call]
             self.redis.delete(alive_key(self.worker_name))
+            if self.queue is not None:
+                self.redis.srem(consumers_key(self.queue), self.worker_name)
 
     def schedule(self) -> None:
         """Move due scheduled jobs (retries) onto the queue, if this worker holds the queue's scheduler lock."""
@@ -105,7 +118,19 @@ class Guardian:
         for name in (INGEST_QUEUE, DELIVER_QUEUE):
             queue = Queue(name, connection=self.redis, serializer=JobSerializer)
             requeued += self._recover_started(queue) + self._recover_stranded(queue)
+            self._forget_dead_consumers(name)
         return requeued
+
+    def _forget_dead_consumers(self, queue: str) -> None:
+        """Drop dead workers from the queue's consumer set, so it does not grow with every restart."""
+        members = [_text(name) for name in self.redis.smembers(consumers_key(queue))]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in members:
+                pipe.exists(alive_key(name))
+            alive = pipe.execute()
+        dead = [name for name, exists in zip(members, alive, strict=True) if not exists]
+        if dead:
+            self.redis.srem(consumers_key(queue), *dead)
 
     def _recover_started(self, queue: Queue) -> int:
         registry = StartedJobRegistry(queue.name, connection=self.redis, serializer=JobSerializer)

@@ -69,15 +69,10 @@ def run_worker(settings: Settings, queue: str, *, burst: bool = False, with_sche
         redis.close()
 
 
-def spawn_workers(config: Path | None, queues: Sequence[str] = QUEUES) -> list[subprocess.Popen[bytes]]:
-    """Start one `keytrail worker --queue Q` child per queue (the same entry point an operator would use)."""
-    base = [sys.executable, "-m", "keytrail"]
-    if config is not None:
-        base += ["--config", str(config)]
-    return [
-        subprocess.Popen([*base, "worker", "--queue", queue], preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
-        for queue in queues
-    ]
+def spawn_worker(config: Path | None, queue: str) -> subprocess.Popen[bytes]:
+    """Start a `keytrail worker --queue Q` child (the same entry point an operator would use)."""
+    command = [sys.executable, "-m", "keytrail", *(["--config", str(config)] if config is not None else [])]
+    return subprocess.Popen([*command, "worker", "--queue", queue], preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
 
 
 def _die_with_parent() -> None:

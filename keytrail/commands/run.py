@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from redis import Redis
@@ -22,6 +22,9 @@ from config.datadir import demo_token
 from config.logging import configure_logging
 from config.settings import display_url
 from keytrail.cli import CliError, settings_from_args
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def register(subparsers: Any) -> None:
@@ -62,19 +65,11 @@ def with_embedded_defaults(settings: Settings, *, announce: bool, create: bool =
     )
 
 
-def _serve(settings: Settings, host: str, port: int) -> None:
-    import uvicorn
-
+def _server(settings: Settings, host: str, port: int) -> uvicorn.Server:
     from ingest.app import create_app
+    from ingest.server import build_server
 
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    return build_server(create_app(settings), settings.server, host, port)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -82,7 +77,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     settings = with_embedded_defaults(settings, announce=True)
     _check_redis(settings.redis.url)
-    _serve(settings, args.host or settings.server.host, args.port or settings.server.port)
+    from ingest.server import serve
+
+    serve(_server(settings, args.host or settings.server.host, args.port or settings.server.port))
     return 0
 
 
@@ -95,7 +92,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     for sink in build_sinks(settings).values():  # fail fast, with every problem, before taking work
         sink.close()
-    from workers.runner import QUEUES, run_worker, spawn_workers, stop_children
+    from workers.runner import QUEUES, run_worker
+    from workers.supervisor import Supervisor
 
     if args.queue != "all":
         run_worker(settings, args.queue, burst=args.burst)
@@ -108,14 +106,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # SIGTERM (docker stop, systemd) must reach the children too; by default it would kill only this process.
     # Installed before the children exist, so no SIGTERM can fall between their start and the handler.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
-    children = spawn_workers(args.config, QUEUES)
+    supervisor = Supervisor(args.config, QUEUES)
+    supervisor.start()
     try:
-        while not stopping and all(child.poll() is None for child in children):
-            time.sleep(0.2)
+        supervisor.run(lambda: bool(stopping))
     finally:
-        stop_children(children)
+        supervisor.stop()
         signal.signal(signal.SIGTERM, previous)
-    return 1 if any(child.returncode not in (0, -signal.SIGTERM) for child in children) else 0
+    return 1 if any(child.returncode not in (0, -signal.SIGTERM) for child in supervisor.children) else 0
 
 
 def _check_redis(url: str) -> None:
@@ -187,9 +185,13 @@ def private_redis(settings: Settings) -> Iterator[None]:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Whether the receiver can listen on host:port. With SO_REUSEADDR, as uvicorn binds: connections of a stopped
+    receiver left in TIME-WAIT do not block a restart (without it, `up` refused for a minute), a listener does."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
+            probe.listen()
         except OSError:
             return False
     return True
@@ -202,13 +204,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     host, port = settings.server.host, args.port or settings.server.port
     if not _port_free(host, port):
         raise CliError(f"port {port} on {host} is in use; pass --port or set server.port")
-    from workers.runner import QUEUES, spawn_workers, stop_children
+    from ingest.server import serve
+    from workers.runner import QUEUES
+    from workers.supervisor import Supervisor
 
     with private_redis(settings):
-        children = spawn_workers(args.config, QUEUES)
+        server = _server(settings, host, port)
+        supervisor = Supervisor(args.config, QUEUES)
+        supervisor.start()
+        # Restarts stop as soon as uvicorn sees Ctrl-C/SIGTERM, so no worker starts during the shutdown.
+        supervisor.run_in_thread(lambda: server.should_exit)
         print(f"keytrail is up: POST http://{host}:{port}/hooks/theauthapi/<tenant>  (Ctrl-C stops)")
         try:
-            _serve(settings, host, port)
+            serve(server)
         finally:
-            stop_children(children)
+            supervisor.stop()
     return 0

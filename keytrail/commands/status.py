@@ -8,10 +8,10 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue, Worker
+from rq import Queue
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer, sink_disabled_key
+from config.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer, alive_key, consumers_key, sink_disabled_key
 from config.settings import display_url
 from keytrail.cli import CliError, settings_from_args
 from keytrail.output import add_format_option, chosen_format, print_rows
@@ -37,7 +37,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "started": StartedJobRegistry(name, connection=redis).count,
                     "scheduled": ScheduledJobRegistry(name, connection=redis).count,  # type: ignore[no-untyped-call]
                     "failed": FailedJobRegistry(name, connection=redis).count,
-                    "workers": len(Worker.all(queue=queue)),
+                    "workers": _live_workers(redis, name),
                 }
             )
     except RedisError as exc:
@@ -67,10 +67,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 STATES = ("pending", "retrying", "delivered", "dead")
 
 
-def _deliveries(url: str) -> dict[str, dict[str, int]]:
-    from workers.stores import open_store
+def _live_workers(redis: Redis, queue: str) -> int:
+    """Workers consuming `queue` whose liveness key exists. Not RQ's worker registry: it keeps a SIGKILLed worker
+    for minutes (until its key's TTL lapses), while keytrail's liveness key is gone within seconds."""
+    names: set[bytes] = redis.smembers(consumers_key(queue))  # type: ignore[assignment]
+    with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.exists(alive_key(name.decode()))
+        return sum(bool(alive) for alive in pipe.execute())
 
-    store = open_store(url)
+
+def _deliveries(url: str) -> dict[str, dict[str, int]]:
+    from workers.stores import StoreUnavailable, open_store
+
+    try:
+        store = open_store(url)
+    except StoreUnavailable as exc:
+        raise CliError(f"audit store unavailable: {exc}") from None
     try:
         return store.count_deliveries()
     finally:
