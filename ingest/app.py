@@ -1,10 +1,16 @@
-"""The receiver's Starlette app: `POST /hooks/theauthapi/{tenant}` → checks → verify → redact → group commit → 202."""
+"""The receiver's Starlette app: `POST /hooks/theauthapi/{tenant}` → checks → verify → redact → group commit → 202.
+
+Order of work on a delivery, cheapest first, and nothing parsed before the caller is verified: size (413),
+content type (415), tenant (404), token (401), signature over the raw bytes (401), then parse and shape (400).
+JSON is read by orjson alone: it refuses invalid UTF-8, lone surrogates, numbers beyond a double and nesting past
+1024, and reads an integer wider than 64 bits as the nearest float; the redaction walk refuses nesting past
+`MAX_DEPTH` (64). Each refusal is a 400 with its reason. The record's `raw_sha256` is the HMAC-SHA256 of the raw
+body keyed by the pepper (the name is kept for the record contract), never a plain hash of a body holding a key.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -35,17 +41,19 @@ from config.queues import (
     ping_key,
     sink_disabled_key,
 )
-from config.settings import Settings
+from config.settings import Settings, TenantSettings
 from ingest import api, web
 from ingest.committer import AcceptedEvent, CommitFailed, GroupCommitter
 from ingest.envelope import event_key, parse_envelope
+from ingest.health import unserved_queues
 from ingest.metrics import ReceiverMetrics
-from ingest.redaction import Redactor
-from ingest.verification import VerificationFailed, verify, verify_token
+from ingest.redaction import Redactor, TooDeep
+from ingest.verification import VerificationFailed, verify_signature, verify_token
 
 log = structlog.get_logger("keytrail.ingest")
 PING_MARKER = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 HOOK_PREFIX = "/hooks/theauthapi/"
+UNKNOWN_TENANT = "-"  # the one metrics label every unconfigured tenant name shares
 
 
 class Rejected(Exception):
@@ -85,14 +93,42 @@ def _now_iso() -> str:
 
 
 def _parse_json(body: bytes) -> Any:
-    """orjson for speed; the standard library where orjson is stricter than JSON needs (integers over 64 bits)."""
+    """orjson only: what it refuses (see the module docstring) could not be stored faithfully anyway, and it never
+    recurses out (no stdlib fallback: that one raised RecursionError and ValueError on hostile input)."""
     try:
         return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(400, f"body is not valid JSON: {exc.msg}") from None
+
+
+def _ping_marker(body: bytes) -> str | None:
+    """The marker of a bootstrap ping (`{"keytrail_ping": "…"}`), else None. Only called once the token passed."""
+    try:
+        payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        try:
-            return json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return None
+        return None
+    marker = payload.get("keytrail_ping") if isinstance(payload, dict) else None
+    return marker if isinstance(marker, str) else None
+
+
+def _verify(tenant: TenantSettings, headers: Mapping[str, str], body: bytes) -> str | None:
+    """Token, then the signature over the raw bytes: both cheap, and nothing is parsed before the token passed.
+    Raises Rejected(401); returns the marker of an unsigned ping that passed the token check, else None."""
+    try:
+        verify_token(tenant, headers)
+    except VerificationFailed as exc:
+        raise Rejected(401, exc.reason) from None
+    try:
+        verify_signature(tenant, headers, body)
+    except VerificationFailed as exc:
+        # The Auth API may not sign pings: once the token passed (and only then) a ping needs nothing more.
+        marker = _ping_marker(body) if tenant.token is not None else None
+        if marker is not None:
+            return marker
+        if tenant.token is None and b"keytrail_ping" in body:  # a hint without parsing an unverified body
+            raise Rejected(401, "pings need the tenant token (X-Keytrail-Token)") from None
+        raise Rejected(401, exc.reason) from None
+    return None
 
 
 BodyReader = Callable[[int], Awaitable[bytes]]
@@ -109,60 +145,61 @@ async def handle_webhook(
 ) -> Answer:
     """Accept one delivery: (status, JSON body, extra headers). 202 means the event is in Redis; any 4xx means
     nothing was enqueued. Checks run in the documented order: 413, 415, 404, 401, 400 (then 503 on backpressure)."""
+    tenant = state.settings.tenants.get(tenant_name)
+    # Only configured tenants get a label of their own: a caller's typed names must not grow /metrics.
+    label = tenant_name if tenant is not None else UNKNOWN_TENANT
     try:
         body = await read_body(state.settings.server.max_body_bytes)
         if not _is_json(headers.get("content-type", "")):
             raise Rejected(415, "content-type must be application/json")
-        tenant = state.settings.tenants.get(tenant_name)
         if tenant is None:
             raise Rejected(404, "unknown tenant")
+        unsigned_ping = _verify(tenant, headers, body)
+        if unsigned_ping is not None:
+            return await _receive_ping(state, tenant_name, unsigned_ping)
         payload = _parse_json(body)
-        if isinstance(payload, dict) and isinstance(payload.get("keytrail_ping"), str):
-            return await _receive_ping(state, tenant_name, headers, payload["keytrail_ping"])
-        try:
-            verify(tenant, headers, body)
-        except VerificationFailed as exc:
-            raise Rejected(401, exc.reason) from None
-        if payload is None:
-            raise Rejected(400, "body is not valid JSON")
         if not isinstance(payload, dict):
             raise Rejected(400, "body must be a JSON object")
+        marker = payload.get("keytrail_ping")
+        if isinstance(marker, str):
+            return await _receive_ping(state, tenant_name, marker)
+        try:
+            redacted = state.redactor.redact(payload)
+        except TooDeep as exc:
+            raise Rejected(400, str(exc)) from None
         if await _over_high_water(state):
             retry_after = str(state.settings.ingest.retry_after_seconds)
             raise Rejected(503, "queue above its high-water mark; retry later", {"Retry-After": retry_after})
-        envelope = parse_envelope(payload)
+        envelope = parse_envelope(redacted)
+        digest = state.redactor.body_digest(body)
         event = AcceptedEvent(
             tenant=tenant_name,
-            event_key=event_key(envelope, body),
+            event_key=event_key(envelope, digest),
             topic=envelope.topic,
             received_at=_now_iso(),
-            raw_sha256=hashlib.sha256(body).hexdigest(),
-            body=orjson.dumps(state.redactor.redact(payload)).decode(),
+            raw_sha256=digest,
+            body=orjson.dumps(redacted).decode(),
         )
         try:
             await state.committer.submit(event)
         except CommitFailed:
             raise Rejected(503, "queue unavailable; retry later", {"Retry-After": "5"}) from None
     except Rejected as exc:
-        state.metrics.answered(tenant_name if exc.status != 404 else "-", exc.status)
+        state.metrics.answered(label, exc.status)
         if exc.status in (401, 503):
-            log.warning("webhook_rejected", tenant=tenant_name, status=exc.status, reason=exc.reason)
+            log.warning("webhook_rejected", tenant=label, status=exc.status, reason=exc.reason)
         return exc.status, {"error": exc.reason}, exc.headers
     state.metrics.answered(tenant_name, 202)
     return 202, {"event_id": event.event_key}, None
 
 
-async def _receive_ping(state: ReceiverState, tenant_name: str, headers: Mapping[str, str], marker: str) -> Answer:
+async def _receive_ping(state: ReceiverState, tenant_name: str, marker: str) -> Answer:
     """A bootstrap ping: recorded so `keytrail subscribe` can see it arrived; never an audit event.
 
-    The Auth API may not add `theauthapi-signature` to pings, so a ping needs only the token check."""
-    tenant = state.settings.tenants[tenant_name]
-    if tenant.token is None:
+    The Auth API may not add `theauthapi-signature` to pings, so a ping needs only the token, which the caller
+    has already checked; a tenant without a token cannot take pings."""
+    if state.settings.tenants[tenant_name].token is None:
         raise Rejected(401, "pings need the tenant token (X-Keytrail-Token)")
-    try:
-        verify_token(tenant, headers)
-    except VerificationFailed as exc:
-        raise Rejected(401, exc.reason) from None
     if not PING_MARKER.match(marker):
         raise Rejected(400, "keytrail_ping marker must be 1-128 of [A-Za-z0-9_-]")
     try:
@@ -186,17 +223,23 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when Redis answers and the ingest queue is under its high-water mark."""
+    """Ready when Redis answers, the ingest queue is under its high-water mark, and every queue that has work has a
+    live worker (else events would get 202 and wait for a worker nobody runs)."""
     state = _state(request)
     try:
         depth = await state.committer.refresh_depth()
+        unserved = await unserved_queues(state.redis)
     except RedisError as exc:
         return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
     state.metrics.queue_depth.set(depth)
     mark = state.settings.ingest.high_water_mark
-    ready = depth < mark
-    body: dict[str, Any] = {"status": "ok" if ready else "busy", "queue_jobs": depth, "high_water_mark": mark}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    body: dict[str, Any] = {"status": "ok", "queue_jobs": depth, "high_water_mark": mark}
+    if unserved:
+        reasons = [f"queue {queue} has {jobs} jobs waiting and no live worker" for queue, jobs in unserved.items()]
+        body.update(status="stalled", reason="; ".join(reasons), unserved_queues=sorted(unserved))
+    elif depth >= mark:
+        body.update(status="busy", reason="ingest queue at its high-water mark")
+    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 
 async def metrics(request: Request) -> Response:
@@ -277,7 +320,17 @@ class Receiver:
                 more = message.get("more_body", False)
             return b"".join(chunks)
 
-        status, payload, extra = await handle_webhook(self.state.keytrail, tenant, headers, read_body)
+        state: ReceiverState = self.state.keytrail
+        try:
+            status, payload, extra = await handle_webhook(state, tenant, headers, read_body)
+        except Exception:
+            # A bug must not cost the connection or a 500: nothing was enqueued unless the committer acknowledged,
+            # and then the sender's retry is a duplicate the store absorbs. So: the traceback to the log (never the
+            # body or headers), 503 + Retry-After to the sender.
+            label = tenant if tenant in state.settings.tenants else UNKNOWN_TENANT
+            log.exception("webhook_failed", tenant=label)
+            state.metrics.answered(label, 503)
+            status, payload, extra = 503, {"error": "receiver error; retry later"}, {"Retry-After": "5"}
         await _send_json(send, status, payload, extra)
 
 

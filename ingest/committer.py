@@ -44,6 +44,7 @@ class AcceptedEvent:
     event_key: str
     topic: str | None
     received_at: str
+    # HMAC-SHA256 of the raw body keyed by the pepper (Redactor.body_digest); the name is the record contract's.
     raw_sha256: str
     body: str
 

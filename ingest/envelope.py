@@ -1,8 +1,11 @@
-"""Reads The Auth API's (undocumented) delivery envelope defensively: topic, entity, event GUID, event time."""
+"""Reads The Auth API's (undocumented) delivery envelope defensively: topic, entity, event GUID, event time.
+
+The receiver parses the envelope from the already-redacted payload, so a key placed in `id` or `topic` cannot
+become an event key or a job's topic in clear.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +56,8 @@ def parse_envelope(body: dict[str, Any]) -> Envelope:
     return Envelope(topic=topic, entity=body, wrapped=False, guid=None, time=None, project_id=None, account_id=None)
 
 
-def event_key(envelope: Envelope, raw: bytes) -> str:
-    """The dedupe key: the envelope's GUID, else the SHA-256 of the raw body (same bytes, same event)."""
-    return envelope.guid or hashlib.sha256(raw).hexdigest()
+def event_key(envelope: Envelope, body_digest: str) -> str:
+    """The dedupe key: the envelope's GUID, else `body_digest` (same bytes, same event). The receiver passes the
+    HMAC-SHA256 of the raw body keyed by the pepper (`Redactor.body_digest`), never a plain hash: the body may hold
+    a short custom key that a plain hash would let anyone recover by guessing."""
+    return envelope.guid or body_digest

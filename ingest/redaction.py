@@ -3,6 +3,18 @@
 A fingerprint is a keyed HMAC-SHA256 (the pepper stays local), so a stored fingerprint cannot be brute-forced
 back into a key, yet the same key always gets the same fingerprint and an operator who holds a key can find
 its history. The prefix (`live_`, `test_access_`, ...) and the last 4 characters are kept for humans.
+
+The same pepper keys `body_digest`, the HMAC-SHA256 of a raw delivery body: stored as a record's `raw_sha256`
+and used as the event key of a delivery without an event GUID. A plain SHA-256 of a body that held a short custom
+key would let anyone with the record guess the key offline; keyed, it is stable only across receivers that share
+the pepper (configure `audit.pepper` on each).
+
+What counts as a key:
+- any string, or number, under a secret field name (`key`, `token`, `accessKey`, ...): custom keys have no shape;
+- a whole string shaped `live_…`/`test_…` (8+ characters after the prefix);
+- inside any string or field name, `live_`/`test_` followed by 16+ of `[A-Za-z0-9_-]`, wherever it starts: after
+  a letter, digit or `_` too (`auth%3Dlive_…`, `rotated_from_live_…`). A false positive costs a readable word;
+  a false negative leaks a key.
 """
 
 from __future__ import annotations
@@ -13,15 +25,26 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# Field names whose string values are secrets wherever they appear (compared lower-cased, without - and _).
+# Field names whose values are secrets wherever they appear (compared lower-cased, without - and _).
 SECRET_FIELDS = frozenset(
     {"key", "apikey", "accesskey", "token", "accesstoken", "refreshtoken", "secret", "password", "signingsecret"}
 )
 # The Auth API's key shapes: live_/test_ API keys and live_access_/test_access_ access keys.
 KEY_VALUE = re.compile(r"^(?:live|test)_[A-Za-z0-9_\-]{8,}$")
-KEY_IN_TEXT = re.compile(r"\b(?:live|test)_[A-Za-z0-9_\-]{16,}")
+# No `\b`: a key glued to a word character (`%3Dlive_…`, `from_live_…`) is still a key.
+KEY_IN_TEXT = re.compile(r"(?:live|test)_[A-Za-z0-9_\-]{16,}")
 PREFIX = re.compile(r"^(?:live|test)_(?:access_)?")
 FINGERPRINT_CHARS = 32  # 128 bits of the HMAC: ample against collisions, short enough to read
+# The Auth API's payloads nest 3-4 levels; a bound keeps the walk (and orjson.dumps, limited to 254) from recursing
+# out on hostile input.
+MAX_DEPTH = 64
+
+
+class TooDeep(ValueError):
+    """The value nests more than MAX_DEPTH objects/arrays; the receiver answers 400."""
+
+    def __init__(self) -> None:
+        super().__init__(f"JSON nested deeper than {MAX_DEPTH} levels")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +68,10 @@ class Redactor:
         # wrapper object (this runs for every key in every delivery).
         return "fp_" + hmac.digest(self._pepper, secret.encode("utf-8"), "sha256").hex()[:FINGERPRINT_CHARS]
 
+    def body_digest(self, body: bytes) -> str:
+        """HMAC-SHA256 of a raw body keyed by the pepper, hex: `raw_sha256` and a GUID-less event's key."""
+        return hmac.digest(self._pepper, body, "sha256").hex()
+
     def describe(self, secret: str) -> Redacted:
         match = PREFIX.match(secret)
         # Short custom keys keep no last4: four characters of an eight-character key is half of it.
@@ -52,35 +79,49 @@ class Redactor:
         return Redacted(self.fingerprint(secret), match.group(0) if match else "", last4)
 
     def redact(self, value: Any, field: str = "") -> Any:
-        """A copy of a parsed JSON value with every secret replaced by `Redacted.as_json()`.
+        """A copy of a parsed JSON value with every secret replaced: values by `Redacted.as_json()`, keys inside
+        text and field names by `[redacted fp_…]`. Raises TooDeep past MAX_DEPTH nested objects/arrays.
 
-        Secrets are found by field name (`key`, `token`, ...) and by shape (`live_…` anywhere, also inside text).
-        This runs on every delivery in the receiver, so strings take a fast path: a value without `_` can only be
+        This runs on every delivery in the receiver, so strings take a fast path: a string without `_` can only be
         a secret by its field's name.
         """
-        if isinstance(value, dict):
-            return {k: self._value(v, k) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._value(v, field) for v in value]
-        return self._value(value, field)
+        return self._value(value, field, 0)
 
-    def _value(self, value: Any, field: str) -> Any:
+    def _value(self, value: Any, field: str, depth: int) -> Any:
         if type(value) is str:
             if "_" not in value and not _is_secret_field(field):
                 return value
             return self._string(value, field)
         if isinstance(value, dict | list):
-            return self.redact(value, field)
+            return self._container(value, field, depth)
+        if type(value) in (int, float) and field and _is_secret_field(field):
+            return self.describe(str(value)).as_json()  # a custom key sent as a JSON number
         return value
+
+    def _container(self, value: dict[str, Any] | list[Any], field: str, depth: int) -> Any:
+        if depth >= MAX_DEPTH:
+            raise TooDeep
+        if isinstance(value, list):
+            return [self._value(v, field, depth + 1) for v in value]
+        if field and _is_secret_field(field):
+            # Everything under a secret field is secret, whatever it is called inside (`key: {"value": …}`).
+            return {(k if "_" not in k else self._text(k)): self._value(v, field, depth + 1) for k, v in value.items()}
+        return {(k if "_" not in k else self._text(k)): self._value(v, k, depth + 1) for k, v in value.items()}
 
     def _string(self, value: str, field: str) -> Any:
         if not value:
             return value
         if _is_secret_field(field) or KEY_VALUE.match(value):
             return self.describe(value).as_json()
-        if "live_" in value or "test_" in value:
-            return KEY_IN_TEXT.sub(lambda m: f"[redacted {self.fingerprint(m.group(0))}]", value)
-        return value
+        return self._text(value)
+
+    def _text(self, text: str) -> str:
+        """`text` with each key shape in it replaced by `[redacted fp_…]` (also the whole of a short key)."""
+        if "live_" not in text and "test_" not in text:
+            return text
+        if KEY_VALUE.match(text):  # a field name that is a whole key, however short
+            return f"[redacted {self.fingerprint(text)}]"
+        return KEY_IN_TEXT.sub(lambda m: f"[redacted {self.fingerprint(m.group(0))}]", text)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -23,7 +23,7 @@ def accepted(body: dict[str, Any], tenant: str = "acme") -> dict[str, Any]:
     envelope = parse_envelope(body)
     return {
         "tenant": tenant,
-        "event_key": event_key(envelope, raw),
+        "event_key": event_key(envelope, hashlib.sha256(raw).hexdigest()),
         "topic": envelope.topic,
         "received_at": "2026-11-28T12:00:00.000Z",
         "raw_sha256": hashlib.sha256(raw).hexdigest(),

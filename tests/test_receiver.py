@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from redis import Redis
 from rq import Queue
 
 from config import Settings
+from config.datadir import pepper as load_pepper
 from config.queues import INGEST_QUEUE, JOB_RETRY_MAX, JobSerializer, ping_key
 from ingest.app import create_app
 
@@ -137,11 +139,35 @@ def test_redelivery_is_accepted_again(receiver: httpx.Client, redis: Redis) -> N
     assert [e["event_key"] for e in queued_events(redis)] == [ENVELOPE["id"]] * 2
 
 
-def test_bare_entity_is_keyed_by_body_hash(receiver: httpx.Client, redis: Redis) -> None:
+def test_bare_entity_is_keyed_by_a_keyed_hmac_of_the_body(
+    receiver: httpx.Client, redis: Redis, settings: Settings
+) -> None:
     body = json.dumps(ENVELOPE["data"]).encode()
     response = post(receiver, body)
     assert response.status_code == 202
-    assert response.json()["event_id"] == hashlib.sha256(body).hexdigest()
+    keyed = hmac.new(load_pepper(settings), body, hashlib.sha256).hexdigest()
+    # A plain SHA-256 of a body holding a short custom key lets anyone with the record guess the key offline.
+    assert response.json()["event_id"] == keyed != hashlib.sha256(body).hexdigest()
+    [event] = queued_events(redis)
+    assert event["event_key"] == event["raw_sha256"] == keyed
+
+
+def test_raw_sha256_is_keyed_by_the_pepper_and_stable_across_receivers_sharing_it(
+    make_settings: SettingsFactory, redis: Redis, tmp_path: Path
+) -> None:
+    body = json.dumps({"name": "custom", "key": "4321", "projectId": "p-1"}).encode()
+    keys = []
+    for data_dir, pepper in (("one", "shared-pepper"), ("two", "shared-pepper"), ("three", "other-pepper")):
+        settings = make_settings(data_dir=str(tmp_path / data_dir), audit={"pepper": pepper})
+        with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url) as client:
+            assert post(client, body).status_code == 202
+        keys.append(queued_events(redis)[-1])
+    assert keys[0]["raw_sha256"] == keys[1]["raw_sha256"] == hmac.new(b"shared-pepper", body, "sha256").hexdigest()
+    assert keys[0]["event_key"] == keys[1]["event_key"] != keys[2]["event_key"]
+    assert keys[2]["raw_sha256"] != keys[0]["raw_sha256"]
+    # The 4-digit custom key cannot be found by hashing guesses without the pepper.
+    guesses = {hashlib.sha256(body.replace(b"4321", f"{n:04d}".encode())).hexdigest() for n in range(10000)}
+    assert not guesses & {k["raw_sha256"] for k in keys}
 
 
 def test_ping_is_recorded_and_not_enqueued(receiver: httpx.Client, redis: Redis) -> None:
