@@ -5,7 +5,7 @@ Stage 2 (`keytrail worker --queue deliver --burst`): read records, render, gzip,
 Baseline, in the same run: the same RQ worker draining the same number of no-op jobs of the same batch size, so
 the ratio says what keytrail's work costs on top of RQ's own per-job overhead on this machine.
 
-    .venv/bin/python bench/worker.py [--events 50000] [--batch 256]
+    .venv/bin/python bench/worker.py [--events 50000] [--batch 256] [--redis-url redis://127.0.0.1:6379/12]
 """
 
 from __future__ import annotations
@@ -87,14 +87,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--redis-url", default=REDIS_URL, help="a Redis database the bench may flush")
     args = parser.parse_args()
-    redis = Redis.from_url(REDIS_URL)
+    redis = Redis.from_url(args.redis_url)
     redis.flushdb()
     work = Path(tempfile.mkdtemp(prefix="keytrail-bench-"))
     with FakeHec(tokens=[HEC_TOKEN], counting=True) as hec:
         config = work / "keytrail.toml"
         config.write_text(
-            f'data_dir = "{work / "data"}"\nlog_level = "warning"\n[redis]\nurl = "{REDIS_URL}"\n'
+            f'data_dir = "{work / "data"}"\nlog_level = "warning"\n[redis]\nurl = "{args.redis_url}"\n'
             f'[audit]\nurl = "sqlite:///{work / "data" / "audit.db"}"\n[tenants.bench]\ntoken = "t"\n'
             f'[[sinks]]\nname = "splunk"\ntype = "splunk_hec"\nurl = "{hec.url}"\ntoken = "{HEC_TOKEN}"\n'
             "max_events = 500\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from workers.stores import (
     open_store,
 )
 from workers.stores.base import build_query, search_page
-from workers.stores.sqlite import MIGRATIONS, RECORD_COLUMNS, SqliteStore, record_row
+from workers.stores.sqlite import MIGRATIONS, RECORD_COLUMNS, SqliteStore, connect, record_row
 
 FP_A = "fp_" + "a" * 32
 FP_B = "fp_" + "b" * 32
@@ -280,8 +281,10 @@ def test_list_reset_and_count_deliveries(store: AuditStore) -> None:
 
     reset = store.reset_deliveries("splunk", ["rec_acme_000001", "rec_acme_000000", "rec_acme_000002", "rec_nope"])
     assert reset == ["rec_acme_000001", "rec_acme_000000"]
-    owed = store.to_deliver("splunk", ["rec_acme_000000", "rec_acme_000001", "rec_acme_000003"])
-    assert [(r.record_id, attempts) for r, attempts in owed] == [("rec_acme_000000", 0), ("rec_acme_000001", 0)]
+    owed = store.claim(
+        "splunk", ["rec_acme_000000", "rec_acme_000001", "rec_acme_000003"], limit=0, owner="job:a", lease_seconds=60
+    )
+    assert sorted((r.record_id, attempts) for r, attempts in owed) == [("rec_acme_000000", 0), ("rec_acme_000001", 0)]
     assert store.reset_deliveries("archive", ["rec_acme_000000"]) == []  # delivered stays delivered
     assert store.count_deliveries()["splunk"] == {"dead": 1, "pending": 4}
 
@@ -613,6 +616,22 @@ def test_a_first_version_sqlite_store_is_migrated_and_still_verifies(tmp_path: P
         store.close()
 
 
+def test_every_sqlite_connection_is_durable_at_commit(tmp_path: Path) -> None:
+    """synchronous=FULL (2) on each connection the store opens: in WAL mode a commit then syncs the WAL, so a
+    batch is on disk before `append` returns and its job leaves Redis. A power cut cannot be simulated here;
+    this checks the setting that makes it so (NORMAL, 1, syncs only at checkpoints)."""
+    store = SqliteStore(tmp_path / "audit.db")
+    try:
+        store.append([make_record(0)], route_all)  # a writing store also runs the checkpointer, on `connect()`
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # the writer
+        with store.snapshot() as snapshot:
+            assert snapshot._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # a reader
+        with closing(connect(tmp_path / "audit.db")) as checkpointer:
+            assert checkpointer.execute("PRAGMA synchronous").fetchone()[0] == 2
+    finally:
+        store.close()
+
+
 def test_an_unreachable_postgres_is_a_one_line_error() -> None:
     with pytest.raises(StoreUnavailable, match="PostgreSQL does not answer"):
         open_store("postgresql://postgres@127.0.0.1:1/keytrail_test?connect_timeout=2")
@@ -658,13 +677,63 @@ def test_concurrent_appenders_on_postgres_keep_every_chain_and_store_each_event_
         store.close()
 
 
-def test_owed_sweeps_pending_and_retrying_for_one_sink(store: AuditStore) -> None:
+def test_claim_sweeps_pending_and_retrying_for_one_sink(store: AuditStore) -> None:
     store.append([make_record(n) for n in range(6)], route_all)
     store.record_outcomes("splunk", DeliveryOutcomes(delivered=["rec_acme_000000"], dead={"rec_acme_000001": "400"}))
     store.record_outcomes("splunk", DeliveryOutcomes(retrying={"rec_acme_000002": ("503", "2026-11-01T00:00:00Z")}))
 
-    owed = {record.record_id: attempts for record, attempts in store.owed("splunk", 100)}
+    owed = {r.record_id: attempts for r, attempts in store.claim("splunk", [], limit=100, owner="a", lease_seconds=60)}
     assert owed == {"rec_acme_000002": 1, "rec_acme_000003": 0, "rec_acme_000004": 0, "rec_acme_000005": 0}
-    assert len(store.owed("splunk", 2)) == 2
-    assert len(store.owed("archive", 100)) == 6
-    assert store.owed("nobody", 100) == []
+    assert len(store.claim("archive", [], limit=2, owner="b", lease_seconds=60)) == 2
+    assert len(store.claim("archive", [], limit=100, owner="c", lease_seconds=60)) == 4  # b holds the other two
+    assert store.claim("nobody", [], limit=100, owner="d", lease_seconds=60) == []
+
+
+# ---- delivery leases (two deliver jobs never send one record) ----------------------------------------------------
+
+
+def claimed(store: AuditStore, owner: str, ids: list[str] | None = None, limit: int = 100) -> set[str]:
+    return {r.record_id for r, _ in store.claim("splunk", ids or [], limit=limit, owner=owner, lease_seconds=600)}
+
+
+def expire_leases(url: str) -> None:
+    """Move every lease into the past, as the clock would after a dead job's lease ran out."""
+    past = "0" if url.startswith("sqlite") else "now() - interval '1 hour'"
+    raw_execute(url, f"UPDATE deliveries SET lease_until = {past} WHERE lease_until IS NOT NULL")  # noqa: S608 - constant
+
+
+def test_a_leased_delivery_goes_to_one_owner_and_back_to_it_on_a_retried_run(store: AuditStore) -> None:
+    store.append([make_record(n) for n in range(5)], route_all)
+    every = {f"rec_acme_{n:06d}" for n in range(5)}
+
+    first = claimed(store, "job:a", ["rec_acme_000000", "rec_acme_000001"], limit=1)
+    assert len(first) == 3  # the named ones, then one swept
+    assert {"rec_acme_000000", "rec_acme_000001"} <= first
+    assert claimed(store, "job:b", sorted(every)) == every - first  # nothing job a holds
+    assert claimed(store, "job:c") == set()
+    assert claimed(store, "job:a") == first  # a retried or recovered run of job a takes back what a holds
+
+    store.record_outcomes("splunk", DeliveryOutcomes(delivered=sorted(first)), owner="job:a")
+    store.record_outcomes("splunk", DeliveryOutcomes(delivered=sorted(every - first)), owner="job:a")  # not a's
+    states = {rid: {d.sink: d.state for d in store.deliveries(rid)}["splunk"] for rid in every}
+    assert {rid for rid, state in states.items() if state is DeliveryState.DELIVERED} == first
+    assert claimed(store, "job:c") == set()  # b still holds the rest; delivered ones are owed to nobody
+
+
+def test_an_expired_lease_is_claimed_again_and_the_late_owner_cannot_overwrite(
+    store: AuditStore, store_url: str
+) -> None:
+    store.append([make_record(0)], route_all)
+    assert claimed(store, "job:dead", ["rec_acme_000000"]) == {"rec_acme_000000"}
+    assert claimed(store, "job:b") == set()
+
+    expire_leases(store_url)
+    assert claimed(store, "job:b") == {"rec_acme_000000"}
+    retry = DeliveryOutcomes(retrying={"rec_acme_000000": ("503", "2026-11-01T00:00:00Z")})
+    store.record_outcomes("splunk", retry, owner="job:b")
+    store.record_outcomes("splunk", DeliveryOutcomes(dead={"rec_acme_000000": "late"}), owner="job:dead")
+    assert [d.state for d in store.deliveries("rec_acme_000000") if d.sink == "splunk"] == [DeliveryState.RETRYING]
+    store.reset_deliveries("splunk", ["rec_acme_000000"])  # a replay clears the lease too
+    assert claimed(store, "job:c") == {"rec_acme_000000"}
+    store.record_outcomes("splunk", DeliveryOutcomes(delivered=["rec_acme_000000"]), owner="job:c")
+    assert [d.state for d in store.deliveries("rec_acme_000000") if d.sink == "splunk"] == [DeliveryState.DELIVERED]

@@ -10,11 +10,13 @@ import importlib
 import math
 import random
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from rq import Queue, Retry
+from rq import Queue, Retry, get_current_job
+from rq.timeouts import JobTimeoutException
 
 from config.queues import (
     DELIVER_JOB,
@@ -28,8 +30,8 @@ from config.settings import WorkerSettings
 from keytrail import __version__
 from sinks import DeliveryReport, Outcome, SinkDisabled, SinkRejected, SinkUnavailable
 from workers.enqueue import enqueue_atomically
-from workers.normalize import UNKNOWN_TOPIC, normalize, record_id
-from workers.records import Activity, AuditRecord, Entity, EntityType, Severity
+from workers.normalize import normalize, unreadable_record
+from workers.records import AuditRecord
 from workers.runtime import current
 from workers.stores import DeliveryOutcomes
 
@@ -40,24 +42,21 @@ GUARD_TTL = 600
 # RQ counts returned Retry objects against `max`; keytrail counts attempts per record itself (the deliveries table)
 # and dead-letters a record at `max_attempts`, so RQ's own limit is only a backstop.
 RQ_RETRY_BACKSTOP = 1_000_000
+# A deliver lease outlasts the job timeout by this much: the time RQ may take to stop a job that overran.
+LEASE_MARGIN_SECONDS = 60
 
 
-def _fallback_record(event: dict[str, Any]) -> AuditRecord:
-    """An event whose body defeats the normalizer is still kept, as a generic entity event (never dropped)."""
-    return AuditRecord(
-        record_id=record_id(event["tenant"], event["event_key"], event["received_at"]),
-        event_id=event["event_key"],
-        tenant=event["tenant"],
-        topic=event.get("topic") or UNKNOWN_TOPIC,
-        time=event["received_at"],
-        received_at=event["received_at"],
-        activity_id=Activity.OTHER,
-        severity_id=Severity.LOW,
-        entity=Entity(type=EntityType.UNKNOWN),
-        metadata={"product": "The Auth API", "keytrail_version": __version__, "envelope": "unreadable"},
-        raw_sha256=event["raw_sha256"],
-        raw_redacted={"unparsed": True},
-    )
+def normalize_one(event: Any) -> AuditRecord:
+    """The event's record, or its unreadable record when anything about it defeats the normalizer: one event
+    never fails the batch it came in (the batch would be retried for hours, its neighbours held back with it)."""
+    try:
+        return normalize(event, version=__version__)
+    except JobTimeoutException:
+        raise  # RQ's job timeout is about the whole job, not this event
+    except Exception as exc:  # not swallowed: the event is kept as an unreadable record, and logged
+        tenant = event.get("tenant") if isinstance(event, dict) else None
+        log.warning("event_unreadable", tenant=tenant if isinstance(tenant, str) else None, error=type(exc).__name__)
+        return unreadable_record(event, version=__version__, error=type(exc).__name__)
 
 
 def normalize_batch(events: list[dict[str, Any]]) -> dict[str, int]:
@@ -66,13 +65,7 @@ def normalize_batch(events: list[dict[str, Any]]) -> dict[str, int]:
     Safe to run twice (RQ is at-least-once): records are idempotent on (tenant, event id), and deliveries
     already made are not made again."""
     runtime = current()
-    records: list[AuditRecord] = []
-    for event in events:
-        try:
-            records.append(normalize(event, version=__version__))
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            log.warning("event_unreadable", tenant=event.get("tenant"), error=type(exc).__name__)
-            records.append(_fallback_record(event))
+    records = [normalize_one(event) for event in events]
     result = runtime.store.append(records, runtime.route)
     enqueue_deliveries(runtime.deliver_queue, result.pending, runtime.settings.worker)
     log.info(
@@ -133,29 +126,48 @@ def _send(sink_name: str, records: list[AuditRecord]) -> tuple[DeliveryReport, b
     return report, False
 
 
-def _owed(sink_name: str, record_ids: list[str]) -> tuple[list[tuple[AuditRecord, int]], bool]:
-    """This job's records still owed to the sink, plus the sink's other pending deliveries (the sweep that lets
-    one job carry what later batches added). Returns them and whether the sweep filled a whole page."""
-    store = current().store
-    owed = store.to_deliver(sink_name, record_ids)
-    seen = {record.record_id for record, _ in owed}
-    # Retrying ones too: a record this job swept earlier and that failed is owed by this job's retry.
-    swept = store.owed(sink_name, DELIVER_CHUNK)
-    owed += [(record, attempts) for record, attempts in swept if record.record_id not in seen]
-    return owed, len(swept) >= DELIVER_CHUNK
+def lease_seconds(worker: WorkerSettings) -> float:
+    """How long a deliver job holds what it claimed: longer than RQ lets a job run (it stops one at the job
+    timeout), so a live job never loses a lease mid-send, and a dead job's records are free again soon after."""
+    return worker.job_timeout_seconds + LEASE_MARGIN_SECONDS
+
+
+def lease_owner() -> str:
+    """The running job's id: a retried or recovered run of the same job (RQ keeps the id) takes back what its
+    killed predecessor had claimed at once, instead of waiting for the lease to expire."""
+    job = get_current_job()
+    return f"job:{job.id}" if job is not None else f"call:{uuid.uuid4().hex}"
+
+
+def _claim(sink_name: str, record_ids: list[str], owner: str) -> tuple[list[tuple[AuditRecord, int]], bool]:
+    """This job's records still owed to the sink, plus the sink's other owed deliveries (the sweep that lets one
+    job carry what later batches added), leased to this job. Returns them and whether the sweep filled a page."""
+    runtime = current()
+    owed = runtime.store.claim(
+        sink_name,
+        record_ids,
+        limit=DELIVER_CHUNK,
+        owner=owner,
+        lease_seconds=lease_seconds(runtime.settings.worker),
+    )
+    return owed, len(owed) >= DELIVER_CHUNK
 
 
 def deliver(sink_name: str, record_ids: list[str]) -> Retry | dict[str, int]:
     """Deliver these records, and the sink's other pending ones, to one sink. Returns a `Retry` (RQ reschedules
-    the job) while some are owed."""
+    the job) while some are owed.
+
+    What it sends it first leases (`AuditStore.claim`), so deliver jobs on any number of workers never send one
+    record twice; a job killed mid-send leaves a lease that its recovered run, or anyone after expiry, takes over."""
     runtime = current()
     worker = runtime.settings.worker
     guard = deliver_guard_key(sink_name)
+    owner = lease_owner()
     if runtime.sink(sink_name) is None:
         # Removed from the config: keep the records as dead letters (replayable if the sink comes back).
-        owed = runtime.store.to_deliver(sink_name, record_ids) + runtime.store.owed(sink_name, DELIVER_CHUNK)
+        owed, _ = _claim(sink_name, record_ids, owner)
         dead = {record.record_id: "sink no longer configured" for record, _ in owed}
-        runtime.store.record_outcomes(sink_name, DeliveryOutcomes(dead=dead))
+        runtime.store.record_outcomes(sink_name, DeliveryOutcomes(dead=dead), owner=owner)
         log.error("sink_not_configured", sink=sink_name, records=len(dead))
         return {"dead": len(dead)}
     # A sink that just failed is not tried again by every job: they wait out its backoff, and while this job waits
@@ -167,14 +179,13 @@ def deliver(sink_name: str, record_ids: list[str]) -> Retry | dict[str, int]:
         return Retry(max=RQ_RETRY_BACKSTOP, interval=[wait])
     # From here on, a record stored after this line is either in the sweep below or queues a job of its own.
     runtime.redis.delete(guard)
-    owed, more = _owed(sink_name, record_ids)
+    owed, more = _claim(sink_name, record_ids, owner)
     if not owed:
         return {"delivered": 0}
     records = [record for record, _ in owed]
     if runtime.redis.exists(sink_disabled_key(sink_name)):
-        runtime.store.record_outcomes(
-            sink_name, DeliveryOutcomes(dead=dict.fromkeys((r.record_id for r in records), "sink disabled"))
-        )
+        dead = dict.fromkeys((r.record_id for r in records), "sink disabled")
+        runtime.store.record_outcomes(sink_name, DeliveryOutcomes(dead=dead), owner=owner)
         return {"dead": len(records)}
 
     report, disable = _send(sink_name, records)
@@ -196,7 +207,7 @@ def deliver(sink_name: str, record_ids: list[str]) -> Retry | dict[str, int]:
             outcomes.dead[rid] = f"out of attempts ({attempts[rid]}): {reason}"
         else:
             outcomes.retrying[rid] = (reason, next_at)
-    runtime.store.record_outcomes(sink_name, outcomes)
+    runtime.store.record_outcomes(sink_name, outcomes, owner=owner)
     log.info(
         "delivery_attempted",
         sink=sink_name,

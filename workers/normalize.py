@@ -1,14 +1,19 @@
 """Pure functions that turn one accepted (already redacted) event into an OCSF-shaped AuditRecord.
 
-No I/O, no clock reads, no logging: the same event in always gives the same record out.
+No I/O, no clock reads, no logging: the same event in always gives the same record out. Whatever the event holds,
+the record can be stored and rendered: strings are valid UTF-8 without NUL, integers fit 64 bits, floats are
+finite and nesting is bounded (`clean`); an event that still defeats the normalizer becomes `unreadable_record`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from ingest.envelope import parse_envelope
 from ingest.redaction import is_redacted
@@ -36,6 +41,10 @@ SEVERITY = {
     "api-key.firstUsed": Severity.INFORMATIONAL,
 }
 UNKNOWN_TOPIC = "unknown"
+EPOCH = "1970-01-01T00:00:00.000Z"  # the receipt time of a job entry without a usable one (never from a receiver)
+MAX_DEPTH = 128  # nesting kept in a stored body; deeper values become TOO_DEEP (orjson refuses 255 levels)
+TOO_DEEP = "<nested too deep>"
+MAX_FIELD = 512  # characters of an indexed column (PostgreSQL refuses btree entries over ~2.7 kB)
 
 
 def record_id(tenant: str, event_id: str, received_at: str) -> str:
@@ -45,9 +54,10 @@ def record_id(tenant: str, event_id: str, received_at: str) -> str:
     Time-ordered: the receipt time in milliseconds (12 hex digits), then 12 hex digits of a hash of tenant and
     event id. New records land at the end of the id indexes instead of on random pages, so appends do not slow
     down as the store grows."""
-    moment = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
-    millis = int(moment.timestamp() * 1000)
-    return f"rec_{millis:012x}" + hashlib.sha256(f"{tenant}\n{event_id}".encode()).hexdigest()[:12]
+    moment = _parse_time(received_at)
+    millis = max(0, int(moment.timestamp() * 1000)) if moment else 0
+    digest = hashlib.sha256(f"{tenant}\n{event_id}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"rec_{millis:012x}" + digest[:12]
 
 
 def classify_topic(topic: str, entity: dict[str, Any]) -> tuple[EntityType, Activity]:
@@ -60,40 +70,65 @@ def infer_entity_type(entity: dict[str, Any]) -> EntityType:
     """For bodies without a known topic: guess from the shape (reference §3.5)."""
     key = entity.get("key")
     if isinstance(key, dict) and is_redacted(key):
-        return EntityType.ACCESS_KEY if str(key.get("prefix", "")).endswith("access_") else EntityType.API_KEY
+        return EntityType.ACCESS_KEY if (_str(key.get("prefix")) or "").endswith("access_") else EntityType.API_KEY
     if "env" in entity and "accountId" in entity and "name" in entity:
         return EntityType.PROJECT
     return EntityType.UNKNOWN
 
 
-def normalize_time(value: Any) -> str | None:
-    """ISO 8601 in UTC with milliseconds and `Z`, or None when the value is not a usable time."""
-    if not isinstance(value, str) or not value:
+def _parse_time(value: Any) -> datetime | None:
+    """An aware UTC datetime, or None when the value is not a time or lies outside what a datetime holds once in
+    UTC (`0001-01-01T00:00:00+01:00` is year 0 in UTC; `9999-12-31T23:59:59-01:00` is year 10000)."""
+    if not isinstance(value, str) or not value or len(value) > 64:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError, TypeError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def normalize_time(value: Any) -> str | None:
+    """ISO 8601 in UTC with milliseconds and `Z`, or None when the value is not a usable time."""
+    parsed = _parse_time(value)
+    if parsed is None:
+        return None
+    return parsed.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _utf8(value: str) -> str:
+    """The string as UTF-8 can carry it: a lone surrogate (valid in JSON text, not in UTF-8) becomes its escape."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """A non-empty string field as a column can hold it: UTF-8, no NUL (PostgreSQL text refuses it), at most
+    MAX_FIELD characters. Anything else is None."""
+    if not isinstance(value, str) or not value:
+        return None
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    return _utf8(value[:MAX_FIELD])
 
 
 def _entity(entity_type: EntityType, data: dict[str, Any]) -> Entity:
     key = next((data[name] for name in ("key", "token", "accessKey") if is_redacted(data.get(name))), None)
     name = _str(data.get("name"))
-    if key is not None:
+    fingerprint = _str(key.get("fingerprint")) if key is not None else None
+    if key is not None and fingerprint is not None:
         return Entity(
             type=entity_type,
-            uid=key["fingerprint"],
+            uid=fingerprint,
             name=name,
-            fingerprint=key["fingerprint"],
-            prefix=key.get("prefix") or None,
-            last4=key.get("last4") or None,
+            fingerprint=fingerprint,
+            prefix=_str(key.get("prefix")),
+            last4=_str(key.get("last4")),
         )
     return Entity(type=entity_type, uid=_str(data.get("id")), name=name)
 
@@ -108,26 +143,35 @@ def _actor(data: dict[str, Any], activity: Activity) -> Actor | None:
 
 
 def normalize(event: dict[str, Any], *, version: str) -> AuditRecord:
-    """One accepted event (the receiver's `AcceptedEvent` as a dict) → its audit record, unchained."""
-    payload = json.loads(event["body"])
+    """One accepted event (the receiver's `AcceptedEvent` as a dict) → its audit record, unchained. Raises when
+    the event cannot be read; the caller then keeps `unreadable_record(event)` instead (never drops it)."""
+    tenant, event_id, received_at = _identity(event)
+    parsed = parse_body(event["body"])
+    payload = clean(parsed)
+    if not isinstance(payload, dict):
+        raise TypeError(f"body is a JSON {type(payload).__name__}, not an object")
     envelope = parse_envelope(payload)
-    topic = envelope.topic or event.get("topic") or UNKNOWN_TOPIC
+    topic = _str(envelope.topic) or _str(event.get("topic")) or UNKNOWN_TOPIC
     entity_type, activity = classify_topic(topic, envelope.entity)
     data = envelope.entity
     if entity_type is EntityType.PROJECT:
-        project_id = _str(data.get("id")) or envelope.project_id
+        project_id = _str(data.get("id")) or _str(envelope.project_id)
     else:
-        project_id = _str(data.get("projectId")) or envelope.project_id
-    received_at = event["received_at"]
+        project_id = _str(data.get("projectId")) or _str(envelope.project_id)
     event_time = (
         normalize_time(envelope.time)
         or normalize_time(data.get("updatedAt") if activity is not Activity.CREATE else data.get("createdAt"))
         or received_at
     )
-    return AuditRecord(
-        record_id=record_id(event["tenant"], event["event_key"], event["received_at"]),
-        event_id=event["event_key"],
-        tenant=event["tenant"],
+    metadata = {"product": "The Auth API", "keytrail_version": version, "envelope": "bare"}
+    if envelope.wrapped:
+        metadata["envelope"] = "wrapped"
+    if payload is not parsed:
+        metadata["sanitized"] = "true"  # some value was rewritten to be storable (see `clean`)
+    record = AuditRecord(
+        record_id=record_id(tenant, event_id, received_at),
+        event_id=event_id,
+        tenant=tenant,
         topic=topic,
         time=event_time,
         received_at=received_at,
@@ -135,13 +179,115 @@ def normalize(event: dict[str, Any], *, version: str) -> AuditRecord:
         severity_id=SEVERITY.get(topic, Severity.LOW),
         entity=_entity(entity_type, data),
         project_id=project_id,
-        account_id=_str(data.get("accountId")) or envelope.account_id,
+        account_id=_str(data.get("accountId")) or _str(envelope.account_id),
         actor=_actor(data, activity),
-        metadata={
-            "product": "The Auth API",
-            "keytrail_version": version,
-            "envelope": "wrapped" if envelope.wrapped else "bare",
-        },
-        raw_sha256=event["raw_sha256"],
+        metadata=metadata,
+        raw_sha256=_str(event.get("raw_sha256")) or "",
         raw_redacted=payload,
     )
+    orjson.dumps(record.to_dict())  # the strictest encoder on the path: a record it refuses is unreadable
+    return record
+
+
+def unreadable_record(event: Any, *, version: str, error: str) -> AuditRecord:
+    """The record kept for an event that defeats `normalize`: a generic entity event, built only from the job's
+    own fields, each checked, so that it cannot fail whatever the event holds. The body is left out."""
+    tenant, event_id, received_at = _identity(event)
+    topic = _str(event.get("topic")) if isinstance(event, dict) else None
+    raw_sha256 = _str(event.get("raw_sha256")) if isinstance(event, dict) else None
+    return AuditRecord(
+        record_id=record_id(tenant, event_id, received_at),
+        event_id=event_id,
+        tenant=tenant,
+        topic=topic or UNKNOWN_TOPIC,
+        time=received_at,
+        received_at=received_at,
+        activity_id=Activity.OTHER,
+        severity_id=Severity.LOW,
+        entity=Entity(type=EntityType.UNKNOWN),
+        metadata={"product": "The Auth API", "keytrail_version": version, "envelope": "unreadable"},
+        raw_sha256=raw_sha256 or "",
+        raw_redacted={"unparsed": True, "error": _str(error) or "unknown"},
+    )
+
+
+def _identity(event: Any) -> tuple[str, str, str]:
+    """Tenant, event id and receipt time from the job's own fields (set by the receiver, never by the body), the
+    same on the normal and the unreadable path: a retried event is stored once whichever path it takes."""
+    fields: dict[str, Any] = event if isinstance(event, dict) else {}
+    tenant = _str(fields.get("tenant")) or "unknown"
+    received_at = normalize_time(fields.get("received_at")) or EPOCH
+    event_id = _str(fields.get("event_key")) or _str(fields.get("raw_sha256")) or _digest(event)
+    return tenant, event_id, received_at
+
+
+def _digest(event: Any) -> str:
+    """A stable name for a job entry that carries no event key at all."""
+    try:
+        canonical = json.dumps(event, sort_keys=True, default=repr).encode("ascii")
+    except (ValueError, TypeError, RecursionError):
+        canonical = b"unidentifiable"
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def parse_body(body: str) -> Any:
+    """The redacted body as JSON data. `NaN`, `Infinity` and numbers too large for a float stay text: sinks write
+    strict JSON, where they do not exist."""
+    return json.loads(body, parse_constant=str, parse_float=_finite_float)
+
+
+def _finite_float(text: str) -> float | str:
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
+def clean(value: Any) -> Any:
+    """`value` itself when every store and sink can encode it (orjson is the strictest encoder on the path: UTF-8
+    only, 64-bit integers, bounded depth), else a rewritten copy. An older receiver let such bodies through."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return _rewritten(value)
+    return value
+
+
+def _rewritten(value: Any) -> Any:
+    """A copy with lone surrogates escaped, out-of-range integers as text and nesting cut at MAX_DEPTH. Walks
+    with its own stack, so no depth can exhaust Python's."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any, int]] = [(value, root, 0, 0)]
+    while stack:
+        source, target, slot, depth = stack.pop()
+        if isinstance(source, dict | list) and depth >= MAX_DEPTH:
+            target[slot] = TOO_DEEP
+        elif isinstance(source, dict):
+            copy: dict[str, Any] = {}
+            target[slot] = copy
+            for key, item in source.items():
+                name = _utf8(key if isinstance(key, str) else str(key))
+                copy[name] = None
+                stack.append((item, copy, name, depth + 1))
+        elif isinstance(source, list):
+            items: list[Any] = [None] * len(source)
+            target[slot] = items
+            stack.extend((item, items, index, depth + 1) for index, item in enumerate(source))
+        else:
+            target[slot] = _scalar(source)
+    return root[0]
+
+
+def _scalar(value: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else _integer_text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    return _utf8(value if isinstance(value, str) else type(value).__name__)
+
+
+def _integer_text(value: int) -> str:
+    try:
+        return str(value)
+    except ValueError:  # more digits than Python will print
+        return f"<integer of {value.bit_length()} bits>"

@@ -299,16 +299,21 @@ class AuditStore(Protocol):
         PostgreSQL): memory stays flat whatever the size. `query.limit` is ignored; `limit` caps the total."""
         ...
 
-    def to_deliver(self, sink: str, record_ids: Sequence[str]) -> list[tuple[AuditRecord, int]]:
-        """Of these records, the ones this sink still owes (pending or retrying), with attempts made so far."""
+    def claim(
+        self, sink: str, record_ids: Sequence[str], *, limit: int, owner: str, lease_seconds: float
+    ) -> list[tuple[AuditRecord, int]]:
+        """Lease to `owner`, for `lease_seconds`, what this sink still owes (pending or retrying): these records
+        first, then up to `limit` others read straight off the (sink, state) index (the sweep that lets one job
+        carry what later batches added). Returns them with the attempts made so far, in one write transaction.
+
+        A delivery leased to another owner is left out until its lease expires: two jobs never send the same
+        record. One leased to `owner` itself (a retried or recovered run of the same job) is taken again."""
         ...
 
-    def owed(self, sink: str, limit: int) -> list[tuple[AuditRecord, int]]:
-        """Up to `limit` records this sink still owes (pending or retrying), with attempts made, read straight off
-        the (sink, state) index without sorting: what a deliver job sweeps up, cheap however long the backlog."""
+    def record_outcomes(self, sink: str, outcomes: DeliveryOutcomes, *, owner: str | None = None) -> None:
+        """Write one attempt's outcomes and release their leases. With `owner`, only deliveries still leased to it
+        are written: a job whose lease was taken over (it outlived its lease) does not overwrite the new owner's."""
         ...
-
-    def record_outcomes(self, sink: str, outcomes: DeliveryOutcomes) -> None: ...
 
     def deliveries(self, record_id: str) -> list[Delivery]: ...
 
@@ -327,8 +332,8 @@ class AuditStore(Protocol):
         ...
 
     def reset_deliveries(self, sink: str, record_ids: Sequence[str]) -> list[str]:
-        """Put these records' dead or retrying deliveries to `sink` back to pending with no attempts made;
-        returns the record ids that were reset (the others were pending, delivered or unknown)."""
+        """Put these records' dead or retrying deliveries to `sink` back to pending with no attempts made and no
+        lease; returns the record ids that were reset (the others were pending, delivered or unknown)."""
         ...
 
     def count_deliveries(self) -> dict[str, dict[str, int]]:
@@ -370,43 +375,96 @@ FILTERS = ("tenant", "topic", "key", "project", "account", "entity_type", "event
 
 
 class QueryError(ValueError):
-    """A filter value that cannot be used; the message names the filter and says what would work."""
+    """A filter value that cannot be used; the message (one line) names the filter and says what would work."""
+
+
+# Every value a user types is bounded here, so that none can overflow a datetime, a timedelta or a store's
+# integers, or carry a byte the store refuses (NUL in PostgreSQL text, a lone surrogate in UTF-8) deeper down.
+MAX_TEXT = 1024  # characters of one free-text value: tenant, topic glob, ids, a key
+MAX_TIME_TEXT = 64
+MAX_CURSOR = 512  # an issued cursor is about 100 characters
+MAX_SEQ = 2**63 - 1  # a store position: SQLite INTEGER and PostgreSQL BIGINT
+MAX_AGE = timedelta(days=36525)  # how far back a relative time reaches: 100 years
+UNUSABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # control characters and lone surrogates
+CURSOR_TEXT = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+TIME_HINT = "use ISO 8601 like 2026-11-01T10:00:00Z, or relative like 24h / 7d"
+NOT_ISSUED = "cursor is not one this server issued"
+
+
+def quoted(value: str, width: int = 40) -> str:
+    """A user's value as it may appear in an error: quoted, escaped (one printable line whatever it holds) and cut."""
+    shown = repr(value[:width])
+    return shown if len(value) <= width else shown[:-1] + "…" + shown[-1]
+
+
+def parse_text(name: str, value: str, *, max_length: int = MAX_TEXT) -> str:
+    """A free-text value (tenant, topic glob, an id, a key) without surrounding blanks; QueryError if it is empty,
+    longer than `max_length`, or holds a control character or a lone surrogate."""
+    text = value.strip()
+    if not text:
+        raise QueryError(f"{name} must not be empty")
+    if len(text) > max_length:
+        raise QueryError(f"{name} is longer than {max_length} characters")
+    if UNUSABLE.search(text):
+        raise QueryError(f"{name} must not contain control characters or lone surrogates")
+    return text
+
+
+def parse_count(name: str, value: str, *, maximum: int, minimum: int = 1) -> int:
+    """A whole number as typed, in ASCII digits only (`str.isdigit` also takes `²`; `int` takes other scripts'
+    digits, `_` and signs), within bounds."""
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise QueryError(f"{name} must be a whole number from {minimum} to {maximum}")
+    significant = text.lstrip("0") or "0"
+    if len(significant) > len(str(maximum)) or not minimum <= int(significant) <= maximum:
+        raise QueryError(f"{name} must be between {minimum} and {maximum}")
+    return int(significant)
 
 
 def parse_time(value: str, *, now: datetime | None = None) -> str:
-    """ISO 8601 (`2026-11-01`, `2026-11-01T10:00:00Z`) or relative to now (`24h`, `7d`) → ISO UTC with ms and `Z`,
-    the format records store, so times compare as strings."""
+    """ISO 8601 (`2026-11-01`, `2026-11-01T10:00:00Z`) or relative to now (`24h`, `7d`, at most 100 years back)
+    → ISO UTC with ms and `Z`, the format records store, so times compare as strings. A time outside years
+    1..9999 once in UTC is a QueryError, as is anything else that is not a time."""
     moment = now or datetime.now(UTC)
     text = value.strip()
-    match = RELATIVE.match(text)
+    if len(text) > MAX_TIME_TEXT or UNUSABLE.search(text):
+        raise QueryError(f"not a time: {quoted(value)} ({TIME_HINT})")
+    match = RELATIVE.match(text) if text.isascii() else None  # `\d` alone would take other scripts' digits
     if match:
-        parsed = moment - timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
+        age = timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
+        if age > MAX_AGE:
+            raise QueryError(f"{text} reaches back more than {MAX_AGE.days} days; give a date instead")
+        try:
+            parsed = moment - age
+        except OverflowError:
+            raise QueryError(f"{text} reaches back before year 1") from None
     else:
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
-            raise QueryError(
-                f"not a time: {value!r} (use ISO 8601 like 2026-11-01T10:00:00Z, or relative like 24h / 7d)"
-            ) from None
+            raise QueryError(f"not a time: {quoted(value)} ({TIME_HINT})") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        utc = parsed.astimezone(UTC)
+    except OverflowError:
+        raise QueryError(f"time out of range: {quoted(value)} (years 1 to 9999, in UTC)") from None
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_entity_type(value: str) -> str:
     """`api-key`, `API Key`, `access-key`, `project`, `unknown` (any case) → the stored entity type."""
     normalized = value.strip().lower().replace(" ", "-").replace("_", "-")
     if normalized not in ENTITY_TYPES:
-        raise QueryError(f"entity type {value!r} is not one of {', '.join(ENTITY_TYPES)}")
+        raise QueryError(f"entity type {quoted(value)} is not one of {', '.join(ENTITY_TYPES)}")
     return ENTITY_TYPES[normalized]
 
 
 def key_filter(value: str, fingerprint_of: Callable[[str], str]) -> dict[str, str]:
     """`--key`: a fingerprint (`fp_…`) is used as is, a bare prefix (`live_`, `test_access_`) matches every key
     with it, and anything else is a raw key, fingerprinted here with the local pepper and then forgotten."""
-    text = value.strip()
-    if not text:
-        raise QueryError("key must not be empty")
+    text = parse_text("key", value)
     if FINGERPRINT.match(text):
         return {"fingerprint": text}
     if KEY_PREFIX.match(text):
@@ -424,14 +482,23 @@ def encode_cursor(seq: int, order: str, time: str | None = None) -> str:
 
 
 def decode_cursor(token: str, order: str) -> tuple[int, str | None]:
+    """The position and time an `encode_cursor` token names. Cursors are not signed: a client may forge one, so
+    every field is checked to be what this server could have issued (a position a store integer holds, a time
+    that is plain text), and anything else is a QueryError."""
+    text = token.strip()
+    if not text:
+        raise QueryError("cursor must not be empty")
+    if len(text) > MAX_CURSOR or not CURSOR_TEXT.fullmatch(text):
+        raise QueryError(NOT_ISSUED)
     try:
-        padded = token.strip() + "=" * (-len(token.strip()) % 4)
-        state = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        state = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         seq, time, cursor_order = state["s"], state.get("t"), state["o"]
-    except (binascii.Error, UnicodeError, ValueError, KeyError, TypeError):
-        raise QueryError("cursor is not one this server issued") from None
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or (time is not None and not isinstance(time, str)):
-        raise QueryError("cursor is not one this server issued")
+    except (binascii.Error, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise QueryError(NOT_ISSUED) from None
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+        raise QueryError(NOT_ISSUED)
+    if time is not None and (not isinstance(time, str) or len(time) > MAX_TIME_TEXT or UNUSABLE.search(time)):
+        raise QueryError(NOT_ISSUED)
     if cursor_order != order or (order == "event_time") != (time is not None):
         raise QueryError(f"cursor belongs to a query in another order (this one is {order})")
     return seq, time
@@ -468,14 +535,12 @@ def build_query(
     """One RecordQuery from user-typed filters (names as in FILTERS; None means unset, blank is an error).
 
     Raises QueryError naming the first bad value, so the CLI prints one line and the API answers 400."""
-    values = {name: value.strip() for name, value in filters.items() if value is not None}
-    unknown = sorted(set(values) - set(FILTERS))
+    unknown = sorted(name for name, value in filters.items() if value is not None and name not in FILTERS)
     if unknown:
-        raise QueryError(f"unknown filter {unknown[0]!r} (filters: {', '.join(FILTERS)})")
-    blank = [name for name, value in values.items() if not value]
-    if blank:
-        # `--key "$KEY"` with KEY unset must not turn "this key's history" into "everything".
-        raise QueryError(f"{blank[0]} must not be empty")
+        raise QueryError(f"unknown filter {quoted(unknown[0])} (filters: {', '.join(FILTERS)})")
+    # A blank value is an error, not "no filter": `--key "$KEY"` with KEY unset must not turn "this key's
+    # history" into "everything".
+    values = {name: parse_text(name, value) for name, value in filters.items() if value is not None}
     if order not in ORDERS:
         raise QueryError(f"order must be one of {', '.join(ORDERS)}")
     if not 1 <= limit <= max_limit:
@@ -491,7 +556,7 @@ def build_query(
         fields.update(key_filter(values["key"], fingerprint_of))
     if "entity_type" in values:
         fields["entity_type"] = parse_entity_type(values["entity_type"])
-    if cursor:
+    if cursor is not None:
         fields["before_seq"], fields["cursor_time"] = decode_cursor(cursor, order)
     return RecordQuery(**fields)
 

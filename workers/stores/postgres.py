@@ -53,6 +53,7 @@ from workers.stores.sqlite import (
     deliveries_where,
     delivery_from_row,
     log_checkpoints,
+    outcome_rows,
     query_order_by,
     query_where,
     record_from_body,
@@ -142,9 +143,32 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON checkpoints
         FOR EACH STATEMENT EXECUTE FUNCTION keytrail_append_only();
     """,
+    # 2: delivery leases (who is sending a record to a sink, until when, on the server's clock: one clock for
+    # workers on several machines), so two deliver jobs never send one record twice.
+    """
+    ALTER TABLE deliveries ADD COLUMN lease_owner TEXT COLLATE "C";
+    ALTER TABLE deliveries ADD COLUMN lease_until TIMESTAMPTZ;
+    """,
 )
 
 HEAD_COLUMNS = "tenant, seq, hash, length, checkpointed"
+# Lease what a sink owes: rows another job is claiming right now are skipped (SKIP LOCKED), rows whose lease has
+# not expired are left out, and this owner's own earlier leases (a retried or recovered run) are taken again, but
+# not the rows this very transaction just leased (their lease ends exactly at now() + lease: now() is fixed for
+# the transaction). `{only}` narrows to named records or limits the sweep.
+CLAIM = """
+    WITH picked AS (
+        SELECT record_id FROM deliveries
+        WHERE sink = %(sink)s AND state IN ('pending', 'retrying')
+          AND (lease_until IS NULL OR lease_until < now()
+               OR (lease_owner = %(owner)s AND lease_until < now() + make_interval(secs => %(lease)s)))
+        {only}
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE deliveries d SET lease_owner = %(owner)s, lease_until = now() + make_interval(secs => %(lease)s)
+    FROM picked WHERE d.sink = %(sink)s AND d.record_id = picked.record_id
+    RETURNING d.record_id, d.attempts
+"""
 
 
 class PostgresStore:
@@ -386,45 +410,32 @@ class PostgresStore:
 
     # ---- deliveries -----------------------------------------------------------------------------------------
 
-    def to_deliver(self, sink: str, record_ids: Sequence[str]) -> list[tuple[AuditRecord, int]]:
-        with self._lock:
-            rows = self._connection().execute(
-                "SELECT d.record_id, d.attempts, r.body FROM deliveries d JOIN records r ON r.record_id = d.record_id "
-                "WHERE d.sink = %s AND d.state IN ('pending', 'retrying') AND d.record_id = ANY(%s)",
-                (sink, list(record_ids)),
+    def claim(
+        self, sink: str, record_ids: Sequence[str], *, limit: int, owner: str, lease_seconds: float
+    ) -> list[tuple[AuditRecord, int]]:
+        params = {"sink": sink, "owner": owner, "lease": max(0.0, lease_seconds), "limit": limit}
+        attempts: dict[str, int] = {}
+        with self._transaction() as conn:
+            ids = list(dict.fromkeys(record_ids))
+            if ids:
+                attempts.update(conn.execute(CLAIM.format(only="AND record_id = ANY(%(ids)s)"), {**params, "ids": ids}))
+            if limit > 0:
+                attempts.update(conn.execute(CLAIM.format(only="LIMIT %(limit)s"), params))
+            bodies = dict(
+                conn.execute("SELECT record_id, body FROM records WHERE record_id = ANY(%s)", (list(attempts),))
             )
-            owed = {rid: (record_from_body(body), attempts) for rid, attempts, body in rows}
-        return [owed[rid] for rid in dict.fromkeys(record_ids) if rid in owed]
+        return [(record_from_body(bodies[rid]), made) for rid, made in attempts.items() if rid in bodies]
 
-    def owed(self, sink: str, limit: int) -> list[tuple[AuditRecord, int]]:
-        with self._lock:
-            rows = (
-                self._connection()
-                .execute(
-                    "SELECT d.attempts, r.body FROM deliveries d JOIN records r ON r.record_id = d.record_id "
-                    "WHERE d.sink = %s AND d.state IN ('pending', 'retrying') LIMIT %s",
-                    (sink, limit),
-                )
-                .fetchall()
-            )
-        return [(record_from_body(body), attempts) for attempts, body in rows]
-
-    def record_outcomes(self, sink: str, outcomes: DeliveryOutcomes) -> None:
-        now = _now()
-        rows: list[tuple[Any, ...]] = []
-        rows += [(DeliveryState.DELIVERED.value, None, None, now, rid, sink) for rid in outcomes.delivered]
-        rows += [(DeliveryState.DEAD.value, None, reason, now, rid, sink) for rid, reason in outcomes.dead.items()]
-        rows += [
-            (DeliveryState.RETRYING.value, next_at, reason, now, rid, sink)
-            for rid, (reason, next_at) in outcomes.retrying.items()
-        ]
+    def record_outcomes(self, sink: str, outcomes: DeliveryOutcomes, *, owner: str | None = None) -> None:
+        rows = outcome_rows(sink, outcomes, _now())
         if not rows:
             return
+        mine = " AND lease_owner = %s" if owner is not None else ""
         with self._transaction() as conn, conn.cursor() as cursor:
             cursor.executemany(
                 "UPDATE deliveries SET state = %s, attempts = attempts + 1, next_at = %s, reason = %s, "
-                "updated_at = %s WHERE record_id = %s AND sink = %s",
-                rows,
+                f"updated_at = %s, lease_owner = NULL, lease_until = NULL WHERE record_id = %s AND sink = %s{mine}",
+                [(*row, owner) for row in rows] if owner is not None else rows,
             )
 
     def deliveries(self, record_id: str) -> list[Delivery]:
@@ -469,6 +480,7 @@ class PostgresStore:
         with self._transaction() as conn:
             rows = conn.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = NULL, reason = NULL, "
+                "lease_owner = NULL, lease_until = NULL, "
                 "updated_at = %s WHERE sink = %s AND state IN ('dead', 'retrying') AND record_id = ANY(%s) "
                 "RETURNING record_id",
                 (_now(), sink, ids),

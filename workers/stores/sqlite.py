@@ -12,6 +12,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -117,6 +118,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER checkpoints_append_only_delete BEFORE DELETE ON checkpoints
         BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
     """,
+    # 3: delivery leases (who is sending a record to a sink, until when), so two deliver jobs never send one twice.
+    """
+    ALTER TABLE deliveries ADD COLUMN lease_owner TEXT;
+    ALTER TABLE deliveries ADD COLUMN lease_until REAL;
+    """,
 )
 
 RECORD_COLUMNS = (
@@ -127,6 +133,27 @@ CHAIN_COLUMNS = "seq, " + RECORD_COLUMNS
 CHECKPOINT_COLUMNS = "id, tenant, seq, hash, length, kind, created_at, prev_signature, key_id, signature"
 DELIVERY_COLUMNS = "d.record_id, d.sink, d.state, d.attempts, d.next_at, d.reason, d.updated_at"
 DELETE_GUARD = "records_append_only_delete"
+# Parameters: now, owner, until. Free: never leased, lease expired, or leased to this owner by an earlier run (a
+# retried or recovered job) — but not the rows this very claim just leased (their lease ends exactly at `until`).
+LEASE_FREE = "(lease_until IS NULL OR lease_until < ? OR (lease_owner = ? AND lease_until < ?))"
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to the store's file, as every connection of the store is set up (writer, readers and the
+    checkpointer alike)."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA busy_timeout=30000")
+    # Durable at commit: in WAL mode FULL syncs the WAL on every commit (one fsync per transaction, and a batch of
+    # events is one transaction), so once `append` returns, the normalize job may be acknowledged and leave Redis.
+    # NORMAL syncs only at checkpoints: a power cut could take back records whose job was already gone.
+    db.execute("PRAGMA synchronous=FULL")
+    # Record ids, event ids and fingerprints are hashes: each appended record dirties its own leaf page in
+    # four indexes once the table is large. A 64 MB page cache (default 2 MB) keeps those indexes' inner
+    # pages in memory. Checkpoints do not run inside commits (where a large one stalled appends for
+    # 100+ ms, bench/latency.py) but from a background thread, see _Checkpointer.
+    db.execute("PRAGMA cache_size=-65536")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    return db
 
 
 def _now() -> str:
@@ -152,6 +179,18 @@ def record_row(record: AuditRecord) -> tuple[Any, ...]:
         record.prev_hash,
         record.hash,
     )
+
+
+def outcome_rows(sink: str, outcomes: DeliveryOutcomes, now: str) -> list[tuple[Any, ...]]:
+    """(state, next_at, reason, updated_at, record_id, sink) per outcome, for both backends' UPDATE."""
+    rows: list[tuple[Any, ...]] = []
+    rows += [(DeliveryState.DELIVERED.value, None, None, now, rid, sink) for rid in outcomes.delivered]
+    rows += [(DeliveryState.DEAD.value, None, reason, now, rid, sink) for rid, reason in outcomes.dead.items()]
+    rows += [
+        (DeliveryState.RETRYING.value, next_at, reason, now, rid, sink)
+        for rid, (reason, next_at) in outcomes.retrying.items()
+    ]
+    return rows
 
 
 def record_from_body(body: str) -> AuditRecord:
@@ -255,7 +294,6 @@ class SqliteStore:
         self._db = self._connect()
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, safe on crash
             self._migrate()
         except BaseException:
             self._db.close()
@@ -263,17 +301,9 @@ class SqliteStore:
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            db.execute("PRAGMA busy_timeout=30000")
-            # Record ids, event ids and fingerprints are hashes: each appended record dirties its own leaf page in
-            # four indexes once the table is large. A 64 MB page cache (default 2 MB) keeps those indexes' inner
-            # pages in memory. Checkpoints do not run inside commits (where a large one stalled appends for
-            # 100+ ms, bench/latency.py) but from a background thread, see _Checkpointer.
-            db.execute("PRAGMA cache_size=-65536")
-            db.execute("PRAGMA wal_autocheckpoint=0")
+            return connect(self.path)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
-        return db
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -435,42 +465,47 @@ class SqliteStore:
 
     # ---- deliveries -----------------------------------------------------------------------------------------
 
-    def to_deliver(self, sink: str, record_ids: Sequence[str]) -> list[tuple[AuditRecord, int]]:
+    def claim(
+        self, sink: str, record_ids: Sequence[str], *, limit: int, owner: str, lease_seconds: float
+    ) -> list[tuple[AuditRecord, int]]:
+        now = time.time()
+        until = now + max(0.0, lease_seconds)
+        owed = f"sink = ? AND state IN ('pending', 'retrying') AND {LEASE_FREE}"
+        lease = "UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE "
         attempts: dict[str, int] = {}
-        with self._lock:
-            for chunk in _chunks(list(record_ids), 500):
-                rows = self._db.execute(
-                    f"SELECT record_id, attempts FROM deliveries WHERE sink = ? AND state IN ('pending', 'retrying') "
-                    f"AND record_id IN ({', '.join('?' * len(chunk))})",
-                    [sink, *chunk],
-                )
+        # BEGIN IMMEDIATE: the claims of all processes serialize on SQLite's write lock, so a row is leased once.
+        with self._write() as db:
+            for chunk in _chunks(list(dict.fromkeys(record_ids)), 500):
+                rows = db.execute(
+                    f"{lease}{owed} AND record_id IN ({', '.join('?' * len(chunk))}) RETURNING record_id, attempts",
+                    [owner, until, sink, now, owner, until, *chunk],
+                ).fetchall()
                 attempts.update(rows)
-        records = self.get([rid for rid in record_ids if rid in attempts])
-        return [(record, attempts[record.record_id]) for record in records]
+            if limit > 0:
+                sweep = f"rowid IN (SELECT rowid FROM deliveries WHERE {owed} LIMIT ?)"
+                rows = db.execute(
+                    f"{lease}{sweep} RETURNING record_id, attempts", [owner, until, sink, now, owner, until, limit]
+                ).fetchall()
+                attempts.update(rows)
+            bodies: dict[str, str] = {}
+            for chunk in _chunks(list(attempts), 500):
+                bodies.update(
+                    db.execute(
+                        f"SELECT record_id, body FROM records WHERE record_id IN ({', '.join('?' * len(chunk))})",
+                        chunk,
+                    )
+                )
+        return [(record_from_body(bodies[rid]), made) for rid, made in attempts.items() if rid in bodies]
 
-    def owed(self, sink: str, limit: int) -> list[tuple[AuditRecord, int]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT d.attempts, r.body FROM deliveries d JOIN records r ON r.record_id = d.record_id "
-                "WHERE d.sink = ? AND d.state IN ('pending', 'retrying') LIMIT ?",
-                (sink, limit),
-            ).fetchall()
-        return [(record_from_body(body), attempts) for attempts, body in rows]
-
-    def record_outcomes(self, sink: str, outcomes: DeliveryOutcomes) -> None:
+    def record_outcomes(self, sink: str, outcomes: DeliveryOutcomes, *, owner: str | None = None) -> None:
         now = _now()
-        rows: list[tuple[Any, ...]] = []
-        rows += [(DeliveryState.DELIVERED.value, None, None, now, rid, sink) for rid in outcomes.delivered]
-        rows += [(DeliveryState.DEAD.value, None, reason, now, rid, sink) for rid, reason in outcomes.dead.items()]
-        rows += [
-            (DeliveryState.RETRYING.value, next_at, reason, now, rid, sink)
-            for rid, (reason, next_at) in outcomes.retrying.items()
-        ]
+        rows = outcome_rows(sink, outcomes, now)
+        mine = " AND lease_owner = ?" if owner is not None else ""
         with self._write() as db:
             db.executemany(
-                "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_at = ?, reason = ?, updated_at = ? "
-                "WHERE record_id = ? AND sink = ?",
-                rows,
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_at = ?, reason = ?, updated_at = ?, "
+                f"lease_owner = NULL, lease_until = NULL WHERE record_id = ? AND sink = ?{mine}",
+                [(*row, owner) for row in rows] if owner is not None else rows,
             )
 
     def deliveries(self, record_id: str) -> list[Delivery]:
@@ -507,6 +542,7 @@ class SqliteStore:
             for chunk in _chunks(list(dict.fromkeys(record_ids)), 500):
                 rows = db.execute(
                     "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = NULL, reason = NULL, "
+                    "lease_owner = NULL, lease_until = NULL, "
                     f"updated_at = ? WHERE sink = ? AND state IN ('dead', 'retrying') "
                     f"AND record_id IN ({', '.join('?' * len(chunk))}) RETURNING record_id",
                     [now, sink, *chunk],
@@ -603,7 +639,7 @@ class _Checkpointer:
         self._thread.start()
 
     def _run(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db = connect(self.path)
         wal = Path(f"{self.path}-wal")
         try:
             while not self._stop.wait(self.INTERVAL):
