@@ -9,26 +9,38 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import sqlite3
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from config.settings import Settings
 from workers.stores import AuditStore, QueryError, StoreUnavailable, open_store
-from workers.stores.base import FILTERS, ORDERS, build_query, search_page
+from workers.stores.base import (
+    FILTERS,
+    build_query,
+    parse_count,
+    parse_text,
+    quoted,
+    search_page,
+)
 
 log = structlog.get_logger("keytrail.api")
 STATE_ATTRIBUTE = "keytrail_audit_api"  # app.state.keytrail is the receiver's; this one is the API's own
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 PAGE_PARAMETERS = ("limit", "cursor", "order")
+MAX_RECORD_ID = 256
+RETRY_AFTER = {"Retry-After": "5"}
 Endpoint = Callable[[Request], Awaitable[Response]]
+Handler = Callable[["AuditApi", Request], Awaitable[Response]]
 
 
 class AuditApi:
@@ -90,7 +102,7 @@ def close(app: Starlette) -> None:
 def routes(settings: Settings) -> list[BaseRoute]:
     """The API's routes. Each finds (or creates) the app's AuditApi on `app.state` on its first request."""
 
-    def guarded(handler: Callable[[AuditApi, Request], Awaitable[Response]], *, public: bool = False) -> Endpoint:
+    def guarded(handler: Handler, *, public: bool = False) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             api: AuditApi | None = getattr(request.app.state, STATE_ATTRIBUTE, None)
             if api is None:
@@ -100,13 +112,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
                 return _error(404, "not found")
             if not public and not api.authorized(request.headers.get("authorization")):
                 return _error(401, "a valid bearer token is required", {"WWW-Authenticate": 'Bearer realm="keytrail"'})
-            try:
-                return await handler(api, request)
-            except QueryError as exc:
-                return _error(400, str(exc))
-            except StoreUnavailable as exc:
-                log.warning("audit_store_unavailable", reason=str(exc))
-                return _error(503, "audit store unavailable; retry later", {"Retry-After": "5"})
+            return await _answered(handler, api, request)
 
         return endpoint
 
@@ -118,23 +124,58 @@ def routes(settings: Settings) -> list[BaseRoute]:
     ]
 
 
+async def _answered(handler: Handler, api: AuditApi, request: Request) -> Response:
+    """The handler's answer, or the JSON error its exception stands for."""
+    try:
+        return await handler(api, request)
+    except QueryError as exc:
+        return _error(400, str(exc))
+    except StoreUnavailable as exc:
+        log.warning("audit_store_unavailable", reason=str(exc))
+        return _error(503, "audit store unavailable; retry later", RETRY_AFTER)
+    except Exception as exc:
+        # Last resort: no input should get here (every parameter is parsed into a QueryError first). A fault of
+        # the store's connection is still "retry later"; anything else is a bug, answered in JSON and logged with
+        # its traceback (never the request's query: it may hold a raw key).
+        log.exception("audit_api_failed", path=request.url.path, error=type(exc).__name__)
+        if _store_fault(exc):
+            return _error(503, "audit store unavailable; retry later", RETRY_AFTER)
+        return _error(500, "internal error; the receiver's log has the details")
+
+
 def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status, headers=headers)
 
 
+def _store_fault(exc: Exception) -> bool:
+    """Whether `exc` is the store's connection failing (locked, gone, disk error), not a bug of ours."""
+    import psycopg
+
+    return isinstance(exc, sqlite3.OperationalError | psycopg.OperationalError | psycopg.InterfaceError | OSError)
+
+
+def single_values(params: QueryParams, allowed: Sequence[str]) -> dict[str, str]:
+    """Each parameter's one value. An unknown parameter is a 400, not ignored: a misspelt filter (`tenat=acme`)
+    would otherwise widen the answer to every tenant. A repeated one is a 400 too: which value counts would be
+    a guess."""
+    seen: dict[str, str] = {}
+    for name, value in params.multi_items():
+        if name not in allowed:
+            takes = f"takes {', '.join(allowed)}" if allowed else "takes no parameters"
+            raise QueryError(f"unknown parameter {quoted(name)} (this endpoint {takes})")
+        if name in seen:
+            raise QueryError(f"parameter {quoted(name)} is given more than once")
+        seen[name] = value
+    return seen
+
+
 async def list_records(api: AuditApi, request: Request) -> Response:
     """`GET /api/audit/records`: matching records and the cursor of the next page (null on the last)."""
-    params = request.query_params
-    unknown = sorted(set(params) - set(FILTERS) - set(PAGE_PARAMETERS))
-    if unknown:
-        raise QueryError(f"unknown parameter {unknown[0]!r} (filters: {', '.join(FILTERS)}; paging: limit, cursor)")
-    raw_limit = params.get("limit", str(DEFAULT_LIMIT))
-    if not raw_limit.strip().isdigit():
-        raise QueryError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    params = single_values(request.query_params, (*FILTERS, *PAGE_PARAMETERS))
     query = build_query(
         {name: params.get(name) for name in FILTERS},
         fingerprint_of=api.fingerprint,
-        limit=int(raw_limit),
+        limit=parse_count("limit", params.get("limit", str(DEFAULT_LIMIT)), maximum=MAX_LIMIT),
         max_limit=MAX_LIMIT,
         order=params.get("order", "newest"),
         cursor=params.get("cursor"),
@@ -147,7 +188,8 @@ async def get_record(api: AuditApi, request: Request) -> Response:
     """`GET /api/audit/records/{id}`: the record, its place in the chain, and its delivery state per sink."""
     from workers.chain import place_report
 
-    record_id = request.path_params["record_id"]
+    single_values(request.query_params, ())
+    record_id = parse_text("record id", request.path_params["record_id"], max_length=MAX_RECORD_ID)
 
     def read() -> dict[str, Any] | None:
         store = api.store()
@@ -169,15 +211,13 @@ async def verify_chains(api: AuditApi, request: Request) -> Response:
     `ok` says whether anything is broken."""
     from workers.chain import HmacSigner, UnknownTenant, verify
 
-    unknown = sorted(set(request.query_params) - {"tenant"})
-    if unknown:
-        raise QueryError(f"unknown parameter {unknown[0]!r} (verify takes only tenant)")
-    tenant = request.query_params.get("tenant") or None
+    params = single_values(request.query_params, ("tenant",))
+    tenant = parse_text("tenant", params["tenant"]) if "tenant" in params else None
     signer = HmacSigner.from_settings(api.settings, create=False)
     try:
         report = await run_in_threadpool(lambda: verify(api.store(), signer, tenant=tenant))
     except UnknownTenant:
-        return _error(404, f"no chain for tenant {tenant!r}")
+        return _error(404, f"no chain for tenant {quoted(tenant or '')}")
     if not report.ok:
         log.warning("audit_chain_broken", tenants=[t.tenant for t in report.tenants if not t.ok])
     return JSONResponse(report.to_dict())
@@ -185,227 +225,7 @@ async def verify_chains(api: AuditApi, request: Request) -> Response:
 
 async def openapi(api: AuditApi, request: Request) -> Response:
     """`GET /api/openapi.json`: this API described (no token needed: it holds no data)."""
-    return JSONResponse(openapi_document())
+    from ingest.openapi import document
 
-
-def openapi_document() -> dict[str, Any]:
-    from keytrail import __version__
-
-    _str: dict[str, Any] = {"type": "string"}
-
-    def param(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"name": name, "in": "query", "required": False, "description": description, "schema": schema or _str}
-
-    nullable: dict[str, Any] = {"type": ["string", "null"]}
-    error = {"description": "", "content": _json("#/components/schemas/Error")}
-    errors = {
-        "401": {**error, "description": "missing or wrong bearer token"},
-        "404": {**error, "description": "the API is off (no `[api] tokens` configured), or no such item"},
-        "503": {**error, "description": "the audit store is unreachable; retry later"},
-    }
-    filters = [
-        param("tenant", "tenant name"),
-        param("topic", "topic glob, e.g. `api-key.*`"),
-        param(
-            "key",
-            "a key fingerprint `fp_…`, a key prefix (`live_`, `test_access_`), or a raw key (fingerprinted by the "
-            "server; a raw key in a URL may reach proxy logs: prefer its fingerprint)",
-        ),
-        param("project", "project id"),
-        param("account", "account id"),
-        param("entity_type", "`api-key`, `access-key`, `project` or `unknown`"),
-        param("event_id", "the event's dedupe id"),
-        param("since", "event time from (inclusive): ISO 8601, or relative to now like `24h`, `7d`"),
-        param("until", "event time before (exclusive): ISO 8601 or relative"),
-    ]
-    paging = [
-        param("limit", f"records per page, 1-{MAX_LIMIT} (default {DEFAULT_LIMIT})", {"type": "integer"}),
-        param("cursor", "`next_cursor` of the previous page (opaque)"),
-        param("order", "`newest` stored first (default), `oldest`, or `event_time` ascending", {"enum": list(ORDERS)}),
-    ]
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "keytrail audit API",
-            "version": __version__,
-            "description": "The audit trail of The Auth API key-lifecycle events: query, inspect, verify.",
-        },
-        "security": [{"bearer": []}],
-        "paths": {
-            "/api/audit/records": {
-                "get": {
-                    "operationId": "listRecords",
-                    "summary": "Records matching filters, a page at a time",
-                    "description": "Cursor paging is stable while records are appended: a cursor names a position "
-                    "in the store's commit order.",
-                    "parameters": filters + paging,
-                    "responses": {
-                        "200": {"description": "a page", "content": _json("#/components/schemas/Page")},
-                        "400": {**error, "description": "a bad filter, limit or cursor (the reason says which)"},
-                        **errors,
-                    },
-                }
-            },
-            "/api/audit/records/{record_id}": {
-                "get": {
-                    "operationId": "getRecord",
-                    "summary": "One record, its place in the hash chain, and its delivery state per sink",
-                    "parameters": [{"name": "record_id", "in": "path", "required": True, "schema": _str}],
-                    "responses": {
-                        "200": {"description": "the record", "content": _json("#/components/schemas/RecordDetail")},
-                        **errors,
-                    },
-                }
-            },
-            "/api/audit/verify": {
-                "get": {
-                    "operationId": "verifyChains",
-                    "summary": "Recompute every tenant's hash chain and check the signed checkpoints",
-                    "parameters": [param("tenant", "only this tenant's chain")],
-                    "responses": {
-                        "200": {
-                            "description": "the verification; `ok` is false when any chain is broken",
-                            "content": _json("#/components/schemas/Verification"),
-                        },
-                        "400": {**error, "description": "an unknown parameter"},
-                        **errors,
-                    },
-                }
-            },
-            "/api/openapi.json": {
-                "get": {
-                    "operationId": "openapi",
-                    "summary": "This document",
-                    "security": [],
-                    "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
-                }
-            },
-        },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": _str}},
-                "Page": {
-                    "type": "object",
-                    "required": ["records", "next_cursor"],
-                    "properties": {
-                        "records": {"type": "array", "items": {"$ref": "#/components/schemas/AuditRecord"}},
-                        "next_cursor": nullable,
-                    },
-                },
-                "AuditRecord": _record_schema(),
-                "RecordDetail": {
-                    "type": "object",
-                    "properties": {
-                        "record": {"$ref": "#/components/schemas/AuditRecord"},
-                        "chain": {
-                            "type": "object",
-                            "properties": {
-                                "tenant": _str,
-                                "seq": {"type": "integer"},
-                                "position": {"type": "integer", "description": "1-based, pruned records count"},
-                                "prev_hash": _str,
-                                "hash": _str,
-                                "previous_record_id": nullable,
-                                "next_record_id": nullable,
-                                "hash_ok": {"type": "boolean"},
-                                "linked_to_previous": {"type": "boolean"},
-                                "linked_from_next": {"type": "boolean"},
-                                "checkpoint": {"type": ["object", "null"]},
-                            },
-                        },
-                        "deliveries": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "sink": _str,
-                                    "state": {"enum": ["pending", "retrying", "delivered", "dead"]},
-                                    "attempts": {"type": "integer"},
-                                    "next_at": nullable,
-                                    "reason": nullable,
-                                    "updated_at": _str,
-                                },
-                            },
-                        },
-                    },
-                },
-                "Verification": {
-                    "type": "object",
-                    "required": ["ok", "tenants"],
-                    "properties": {
-                        "ok": {"type": "boolean"},
-                        "tenants": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "tenant": _str,
-                                    "ok": {"type": "boolean"},
-                                    "records": {"type": "integer"},
-                                    "checkpoints": {"type": "integer"},
-                                    "break": {
-                                        "type": ["object", "null"],
-                                        "properties": {
-                                            "kind": {
-                                                "enum": ["edited", "deleted", "inserted", "rewritten", "checkpoint"]
-                                            },
-                                            "seq": {"type": ["integer", "null"]},
-                                            "record_id": nullable,
-                                            "detail": _str,
-                                        },
-                                    },
-                                },
-                            },
-                        },
-                    },
-                },
-            },
-        },
-    }
-
-
-def _json(ref: str) -> dict[str, Any]:
-    return {"application/json": {"schema": {"$ref": ref}}}
-
-
-def _record_schema() -> dict[str, Any]:
-    text: dict[str, Any] = {"type": "string"}
-    optional: dict[str, Any] = {"type": ["string", "null"]}
-    integer: dict[str, Any] = {"type": "integer"}
-    return {
-        "type": "object",
-        "description": "OCSF 1.x Entity Management (class 3004); `hash` = SHA-256(prev_hash ‖ canonical JSON).",
-        "properties": {
-            "record_id": text,
-            "event_id": text,
-            "tenant": text,
-            "topic": text,
-            "time": text,
-            "received_at": text,
-            "class_uid": integer,
-            "category_uid": integer,
-            "activity_id": integer,
-            "type_uid": integer,
-            "severity_id": integer,
-            "entity": {
-                "type": "object",
-                "properties": {
-                    "type": {"enum": ["API Key", "Access Key", "Project", "Unknown"]},
-                    "uid": optional,
-                    "name": optional,
-                    "fingerprint": optional,
-                    "prefix": optional,
-                    "last4": optional,
-                },
-            },
-            "project_id": optional,
-            "account_id": optional,
-            "actor": {"type": ["object", "null"], "properties": {"uid": text, "type": optional}},
-            "metadata": {"type": "object", "additionalProperties": text},
-            "raw_sha256": text,
-            "raw_redacted": {"type": "object"},
-            "prev_hash": text,
-            "hash": text,
-        },
-    }
+    single_values(request.query_params, ())
+    return JSONResponse(document())

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from starlette.applications import Starlette
 from stores_fixtures import (
+    PG_DATABASE,
+    PG_SERVER,
     make_record,
+    pg_url_fixture,  # noqa: F401 - fixtures
     route_all,
     store_url_fixture,  # noqa: F401 - fixtures
     tamper,
 )
+from structlog.testing import capture_logs
 
 from config import Settings, settings_from_mapping
 from config.datadir import pepper
@@ -40,7 +48,11 @@ class TestClient:
         self.headers = headers or {}
 
     def get(
-        self, path: str, *, params: dict[str, str] | None = None, headers: dict[str, str] | None = None
+        self,
+        path: str,
+        *,
+        params: dict[str, str] | list[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         async def send() -> httpx.Response:
             transport = httpx.ASGITransport(app=self.app)
@@ -176,6 +188,90 @@ def test_bad_filter_values_are_400_with_a_reason(client: TestClient, params: dic
     response = client.get("/api/audit/records", params=params)
     assert response.status_code == 400
     assert reason in body(response)["error"]
+
+
+def cursor_at(seq: int, order: str = "newest") -> str:
+    return base64.urlsafe_b64encode(json.dumps({"s": seq, "o": order}).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        # Each of these was a 500 (an exception inside the handler).
+        ("limit=%C2%B2", "limit must be a whole number"),  # "²".isdigit() is True; int("²") raises
+        ("limit=" + "5" * 5000, "limit must be between 1 and 1000"),  # int() refuses 4,300+ digits
+        ("since=999999w", "since: 999999w reaches back more than"),  # timedelta/datetime overflow
+        ("since=0001-01-01T00:00:00%2B01:00", "since: time out of range"),  # before year 1 in UTC
+        ("until=9999-12-31T23:59:59-01:00", "until: time out of range"),  # after year 9999 in UTC
+        (f"cursor={cursor_at(2**70)}", "cursor is not one this server issued"),  # store integer overflow
+        (f"cursor={cursor_at(2**63)}", "cursor is not one this server issued"),
+        # A NUL cannot be stored in PostgreSQL text; the others never reached a query.
+        ("tenant=acme%00", "tenant must not contain control characters"),
+        ("topic=api-key%0A.*", "topic must not contain control characters"),
+        ("event_id=" + "x" * 1025, "event_id is longer than 1024 characters"),
+        ("limit=1&limit=2", "parameter 'limit' is given more than once"),
+        ("tenant=acme&tenant=beta", "parameter 'tenant' is given more than once"),
+        ("tenant=", "tenant must not be empty"),
+        ("cursor=", "cursor must not be empty"),
+        ("order=", "order must be one of"),
+        ("limit=", "limit must be a whole number"),
+        ("%00=1", "unknown parameter '\\x00'"),
+    ],
+)
+def test_each_input_that_was_a_500_is_a_400_with_a_reason(client: TestClient, query: str, reason: str) -> None:
+    response = client.get(f"/api/audit/records?{query}")
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert reason in body(response)["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/api/audit/records/rec%00x", "record id must not contain control characters"),
+        ("/api/audit/records/" + "r" * 300, "record id is longer than 256 characters"),
+        ("/api/audit/records/rec_x?limit=1", "unknown parameter 'limit' (this endpoint takes no parameters)"),
+        ("/api/audit/verify?tenant=acme%00", "tenant must not contain control characters"),
+        ("/api/audit/verify?tenant=", "tenant must not be empty"),
+        ("/api/audit/verify?tenant=a&tenant=b", "given more than once"),
+    ],
+)
+def test_one_record_and_verify_check_their_parameters_too(client: TestClient, path: str, reason: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 400, response.text
+    assert reason in body(response)["error"]
+
+
+def test_an_unexpected_failure_is_a_json_500_logged_with_its_traceback(settings: Settings, client: TestClient) -> None:
+    fill(settings, [make_record(0, key=fingerprint(pepper(settings), RAW_KEY))])
+    tamper(settings.audit.url, [("UPDATE records SET body = ? WHERE event_id = 'evt-0'", ["{not json"])])
+    with capture_logs() as logs:
+        response = client.get("/api/audit/records", params={"key": RAW_KEY})
+    assert response.status_code == 500
+    assert body(response) == {"error": "internal error; the receiver's log has the details"}
+    [failed] = [entry for entry in logs if entry["event"] == "audit_api_failed"]
+    assert (failed["log_level"], failed["exc_info"], failed["error"]) == ("error", True, "JSONDecodeError")
+    assert RAW_KEY not in repr(logs)  # the query is not logged: it may hold a raw key
+
+
+@pytest.mark.postgres
+def test_a_store_connection_lost_mid_request_is_a_503_then_the_api_reconnects(tmp_path: Path, pg_url: str) -> None:
+    name = f"keytrail_api_{uuid.uuid4().hex[:12]}"
+    app = create_app(settings_for(tmp_path, f"{pg_url}&application_name={name}"))
+    client = TestClient(app, headers={"authorization": f"Bearer {TOKENS[0]}"})
+    try:
+        assert client.get("/api/audit/records").status_code == 200
+        with psycopg.connect(f"{PG_SERVER}/{PG_DATABASE}", autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (name,)
+            ).fetchall()
+        assert killed
+        lost = client.get("/api/audit/records")
+        assert (lost.status_code, lost.headers["retry-after"]) == (503, "5")
+        assert body(lost) == {"error": "audit store unavailable; retry later"}
+        assert client.get("/api/audit/records").status_code == 200
+    finally:
+        api.close(app)
 
 
 def test_one_record_with_its_chain_and_deliveries(settings: Settings, client: TestClient) -> None:

@@ -3,6 +3,7 @@ command's SQL differs by backend)."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -12,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 from stores_fixtures import (
     make_record,
@@ -51,7 +54,10 @@ class AuditCli:
 
     def __call__(self, *args: str) -> Ran:
         self.capsys.readouterr()
-        code = main(["--config", str(self.config), "audit", *args])
+        try:
+            code = main(["--config", str(self.config), "audit", *args])
+        except SystemExit as exc:  # argparse's usage error: one line, exit 2
+            code = exc.code if isinstance(exc.code, int) else 1
         captured = self.capsys.readouterr()
         return Ran(code, captured.out, captured.err)
 
@@ -92,7 +98,8 @@ def any_cli(tmp_path: Path, store_url: str, capsys: pytest.CaptureFixture[str]) 
 def one_line(ran: Ran) -> str:
     assert ran.code != 0
     assert ran.err.count("\n") == 1, ran.err
-    assert ran.err.startswith("keytrail: ")
+    assert ran.err.startswith(("keytrail: ", "keytrail audit ")), ran.err  # a failure, or a usage error
+    assert "Traceback" not in ran.err
     return ran.err
 
 
@@ -387,3 +394,72 @@ def test_workers_signer_matches_the_cli_key(cli: AuditCli) -> None:
         store.close()
     report = cli("verify", "--format", "json").json()
     assert report["tenants"][0]["checkpoints"] == 1  # type: ignore[index]
+
+
+# ---- hostile option values: one line and a non-zero exit, never a traceback ------------------------------------
+
+
+def _cursor_at(seq: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"s": seq, "o": "newest"}).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        # Each of these was a traceback (OverflowError, ValueError, or the store's integer overflow).
+        (["search", "--since", "999999w"], "reaches back more than"),
+        (["search", "--since", "0001-01-01T00:00:00+01:00"], "time out of range"),
+        (["search", "--until", "9999-12-31T23:59:59-01:00"], "time out of range"),
+        (["search", "--cursor", _cursor_at(2**70)], "cursor is not one this server issued"),
+        (["history", "--key", "fp_" + "0" * 32, "--limit", "9" * 30], "limit must be between 1 and 1000000"),
+        (["export", "--limit", "9" * 5000], "limit must be between"),
+        (["export", "-o", "out\x00.jsonl"], "NUL"),
+        (["prune", "--before", "999999w", "--dry-run"], "reaches back more than"),
+        (["prune", "--before", "0001-01-01T00:00:00+01:00", "--dry-run"], "time out of range"),
+        # Every other option of every subcommand is parsed as strictly.
+        (["search", "--limit", "\u00b2"], "limit must be a whole number"),
+        (["search", "--limit", "\u0661\u0660"], "limit must be a whole number"),
+        (["search", "--tenant", "acme\x00"], "tenant must not contain control characters"),
+        (["search", "--topic", "api-key\udcff"], "topic must not contain control characters or lone surrogates"),
+        (["search", "--cursor", ""], "cursor must not be empty"),
+        (["tail", "-n", "-1"], "lines must be a whole number"),
+        (["tail", "--interval", "nan"], "interval must be a number of seconds"),
+        (["tail", "--timeout", "inf"], "timeout must be a number of seconds"),
+        (["show", "rec\x00"], "record id must not contain control characters"),
+        (["show", " "], "record id must not be empty"),
+        (["verify", "--tenant", ""], "tenant must not be empty"),
+        (["checkpoint", "--tenant", "a\x1b[31m"], "tenant must not contain control characters"),
+        (["prune", "--before", "90d", "--tenant", " ", "--dry-run"], "tenant must not be empty"),
+    ],
+)
+def test_hostile_option_values_are_one_line_errors(cli: AuditCli, args: list[str], reason: str) -> None:
+    assert reason in one_line(cli(*args))
+
+
+# Edge values first: hypothesis draws the first branch of a `one_of` more often.
+OPTION_VALUES = st.one_of(
+    st.builds(
+        "{}{}".format,
+        st.one_of(st.sampled_from([999999, 5219, 36526]), st.integers(0, 10**8)),
+        st.sampled_from("wdhms"),
+    ),
+    st.builds(
+        "{:04d}-12-31T23:59:59{}".format,
+        st.sampled_from([1, 9999, 0, 10000]),
+        st.sampled_from(["+01:00", "-01:00", "", "Z"]),
+    ),
+    st.one_of(st.sampled_from([2**63, 2**70, -1]), st.integers(), st.text(max_size=3)).map(_cursor_at),
+    st.sampled_from(["9" * 5000, "\u00b2", "0", "10001"]),
+    st.text(max_size=30),
+)
+SEARCH_OPTIONS = ["--since", "--until", "--limit", "--cursor", "--tenant", "--topic", "--entity-type", "--key"]
+
+
+@given(options=st.lists(st.tuples(st.sampled_from(SEARCH_OPTIONS), OPTION_VALUES), min_size=1, max_size=3))
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_search_option_value_is_a_result_or_one_line(cli: AuditCli, options: list[tuple[str, str]]) -> None:
+    ran = cli("search", "--format", "json", *(f"{name}={value}" for name, value in options))
+    if ran.code == 0:
+        assert isinstance(json.loads(ran.out)["records"], list)
+    else:
+        one_line(ran)

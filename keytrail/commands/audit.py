@@ -49,7 +49,10 @@ CSV_COLUMNS = (
     "hash",
 )
 SEARCH_LIMIT_MAX = 10_000  # a page, not an export: `audit export` streams any size
+HISTORY_LIMIT_MAX = 1_000_000
+EXPORT_LIMIT_MAX = 2**63 - 2  # any size: the bound only keeps the number inside the store's integers
 POLL_MIN, POLL_MAX = 0.1, 60.0
+RECORD_ID_MAX = 256
 
 
 def parse_when(value: str, *, now: datetime | None = None) -> str:
@@ -62,35 +65,96 @@ def parse_when(value: str, *, now: datetime | None = None) -> str:
         raise CliError(str(exc)) from None
 
 
+def count(name: str, maximum: int, minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type: a whole number in ASCII digits within bounds, parsed as the HTTP API parses `limit`
+    (a bad value is argparse's one-line usage error, exit 2)."""
+
+    def parse(value: str) -> int:
+        from workers.stores.base import QueryError, parse_count
+
+        try:
+            return parse_count(name, value, minimum=minimum, maximum=maximum)
+        except QueryError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def text(name: str, max_length: int | None = None) -> Callable[[str], str]:
+    """An argparse type: free text as the HTTP API takes it (not blank, bounded, no control characters)."""
+
+    def parse(value: str) -> str:
+        from workers.stores.base import MAX_TEXT, QueryError, parse_text
+
+        try:
+            return parse_text(name, value, max_length=max_length or MAX_TEXT)
+        except QueryError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def seconds(name: str, minimum: float, maximum: float) -> Callable[[str], float]:
+    """An argparse type: seconds as a plain decimal (no `nan`, `inf` or exponent) within bounds."""
+
+    def parse(value: str) -> float:
+        stripped = value.strip()
+        plain = stripped.isascii() and stripped.replace(".", "", 1).isdigit() and len(stripped) <= 12
+        if not plain or not minimum <= float(stripped) <= maximum:
+            raise argparse.ArgumentTypeError(f"{name} must be a number of seconds from {minimum:g} to {maximum:g}")
+        return float(stripped)
+
+    return parse
+
+
 def register(subparsers: Any) -> None:
     audit = subparsers.add_parser("audit", help="query, export and verify the audit trail")
     commands = audit.add_subparsers(dest="audit_command", metavar="COMMAND", parser_class=type(audit))
 
     search = commands.add_parser("search", help="records matching filters, newest first, a page at a time")
     _add_filters(search)
-    search.add_argument("--limit", type=int, default=50, help="records per page (default 50)")
+    search.add_argument(
+        "--limit", type=count("limit", SEARCH_LIMIT_MAX), default=50, help="records per page (default 50)"
+    )
     search.add_argument("--cursor", help="the next page: the cursor printed after the previous one")
     add_format_option(search, RECORD_FORMATS)
     search.set_defaults(handler=cmd_search)
 
     show = commands.add_parser("show", help="one record, its place in the chain, and its delivery state per sink")
-    show.add_argument("record_id", metavar="RECORD_ID")
+    show.add_argument("record_id", metavar="RECORD_ID", type=text("record id", RECORD_ID_MAX))
     add_format_option(show)
     show.set_defaults(handler=cmd_show)
 
     history = commands.add_parser("history", help="one key's life, in event-time order")
     history.add_argument("--key", required=True, help="a raw key (fingerprinted here, never stored), or fp_…")
     history.add_argument("--tenant")
-    history.add_argument("--limit", type=int, default=1000, help="at most this many events (default 1000)")
+    history.add_argument(
+        "--limit",
+        type=count("limit", HISTORY_LIMIT_MAX),
+        default=1000,
+        help="at most this many events (default 1000)",
+    )
     add_format_option(history, RECORD_FORMATS)
     history.set_defaults(handler=cmd_history)
 
     tail = commands.add_parser("tail", help="the latest records; with -f, follow new ones as they are stored")
     _add_filters(tail)
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
-    tail.add_argument("-n", "--lines", type=int, default=10, help="records to show first (default 10)")
-    tail.add_argument("--interval", type=float, default=1.0, help=f"seconds between polls ({POLL_MIN}-{POLL_MAX})")
-    tail.add_argument("--timeout", type=float, default=0.0, help="stop following after this many seconds (0: never)")
+    tail.add_argument(
+        "-n", "--lines", type=count("lines", SEARCH_LIMIT_MAX, 0), default=10, help="records to show first (default 10)"
+    )
+    tail.add_argument(
+        "--interval",
+        type=seconds("interval", POLL_MIN, POLL_MAX),
+        default=1.0,
+        help=f"seconds between polls ({POLL_MIN}-{POLL_MAX})",
+    )
+    tail.add_argument(
+        "--timeout",
+        type=seconds("timeout", 0, 10**9),
+        default=0.0,
+        help="stop following after this many seconds (0: never)",
+    )
     tail.add_argument("--format", choices=["text", "jsonl"], default=None, help="default: text on a terminal")
     tail.set_defaults(handler=cmd_tail)
 
@@ -98,22 +162,22 @@ def register(subparsers: Any) -> None:
     _add_filters(export)
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
-    export.add_argument("--limit", type=int, help="at most this many records")
+    export.add_argument("--limit", type=count("limit", EXPORT_LIMIT_MAX), help="at most this many records")
     export.set_defaults(handler=cmd_export)
 
     verify = commands.add_parser("verify", help="recompute the hash chains and check the signed checkpoints")
-    verify.add_argument("--tenant", help="only this tenant's chain")
+    verify.add_argument("--tenant", type=text("tenant"), help="only this tenant's chain")
     add_format_option(verify)
     verify.set_defaults(handler=cmd_verify)
 
     checkpoint = commands.add_parser("checkpoint", help="sign each chain's head now (also done every 1000 records)")
-    checkpoint.add_argument("--tenant")
+    checkpoint.add_argument("--tenant", type=text("tenant"))
     add_format_option(checkpoint)
     checkpoint.set_defaults(handler=cmd_checkpoint)
 
     prune = commands.add_parser("prune", help="remove records received before a date; the chains stay verifiable")
     prune.add_argument("--before", required=True, help="ISO 8601 date/time, or an age like 90d")
-    prune.add_argument("--tenant")
+    prune.add_argument("--tenant", type=text("tenant"))
     prune.add_argument("--dry-run", action="store_true", help="only count what would be removed")
     prune.add_argument("--yes", action="store_true", help="confirm: records are removed for good")
     add_format_option(prune)
@@ -382,8 +446,6 @@ def _print_show(record: AuditRecord, chain: dict[str, Any], deliveries: list[dic
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise CliError("--limit must be at least 1")
     settings = settings_from_args(args)
     query = _query(args, settings, order="event_time")
     with _store(settings) as store:
@@ -403,10 +465,6 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    if args.lines < 0:
-        raise CliError("--lines must be 0 or more")
-    if not POLL_MIN <= args.interval <= POLL_MAX:
-        raise CliError(f"--interval must be between {POLL_MIN} and {POLL_MAX} seconds")
     settings = settings_from_args(args)
     text = (args.format or ("text" if sys.stdout.isatty() else "jsonl")) == "text"
     emit = _tail_line if text else (lambda r: json.dumps(r.to_dict(), separators=(",", ":")))
@@ -437,8 +495,6 @@ def _tail_line(record: AuditRecord) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise CliError("--limit must be at least 1")
     settings = settings_from_args(args)
     query = _query(args, settings, order="oldest")
     with _store(settings) as store:
@@ -451,6 +507,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 handle = args.output.open("w", encoding="utf-8", newline="")
             except OSError as exc:
                 raise CliError(f"cannot write {args.output}: {exc.strerror}") from None
+            except ValueError:  # a NUL in the path
+                raise CliError("cannot write that path: it holds a NUL character") from None
             with handle:
                 written = _export(rows, args.format, handle, total)
             sys.stderr.write(f"exported {written} records to {args.output}\n")
