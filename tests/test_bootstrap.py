@@ -210,14 +210,33 @@ def test_dry_run_names_the_fields_an_update_would_change(fake: FakeAuthApi, cli_
 
     assert code == 0
     by_project = {c["project_id"]: c for c in report["changes"]}
-    assert by_project["proj-1"]["action"] == "update"
+    # topics are not in UpdateWebhookDTO, so no PATCH can repair them: the plan says the hook will be replaced.
+    assert by_project["proj-1"]["action"] == "replace"
     assert by_project["proj-1"]["webhook_id"] == changed["id"]
     assert sorted(by_project["proj-1"]["differences"]) == ["name", "topics"]
     assert by_project["proj-2"]["action"] == "unchanged"
     assert fake.state.get_webhook(None, changed["id"])["topics"] == ["api-key.created"]
 
 
-def test_subscribe_repairs_an_edited_subscription_in_place(fake: FakeAuthApi, cli_for: Any) -> None:
+def test_subscribe_repairs_edited_headers_in_place_with_update_dto_fields_only(fake: FakeAuthApi, cli_for: Any) -> None:
+    cli = cli_for(fake)
+    cli("subscribe", "--no-ping")
+    hook = keytrail_hooks(fake)[0]
+    fake.state.patch_webhook(hook["id"], name="renamed", customHeaders={"X-Keytrail-Token": "stale"})
+
+    code, report, _ = cli.json("subscribe", "--no-ping")
+
+    assert code == 0
+    assert [c["action"] for c in report["changes"] if c["webhook_id"] == hook["id"]] == ["update"]
+    repaired = fake.state.get_webhook(None, hook["id"])
+    assert repaired["name"] == "keytrail"
+    assert repaired["customHeaders"] == {"X-Keytrail-Token": TOKEN}
+    [patch] = fake.state.requests_to("PATCH", f"/webhooks/{hook['id']}")
+    assert sorted(patch.body) == ["customHeaders", "name", "url"]  # UpdateWebhookDTO, nothing else
+    assert len(keytrail_hooks(fake)) == 2
+
+
+def test_subscribe_replaces_a_paused_subscription_new_one_first(fake: FakeAuthApi, cli_for: Any) -> None:
     cli = cli_for(fake)
     cli("subscribe", "--no-ping")
     hook = keytrail_hooks(fake)[0]
@@ -226,10 +245,13 @@ def test_subscribe_repairs_an_edited_subscription_in_place(fake: FakeAuthApi, cl
     code, report, _ = cli.json("subscribe", "--no-ping")
 
     assert code == 0
-    assert [c["action"] for c in report["changes"] if c["webhook_id"] == hook["id"]] == ["update"]
-    repaired = fake.state.get_webhook(None, hook["id"])
-    assert repaired["status"] == "live"
-    assert repaired["customHeaders"] == {"X-Keytrail-Token": TOKEN}
+    [replaced] = [c for c in report["changes"] if c["project_id"] == hook["projectId"]]
+    assert replaced["action"] == "replace"
+    [now] = [h for h in keytrail_hooks(fake) if h["projectId"] == hook["projectId"]]
+    assert now["id"] == replaced["webhook_id"] != hook["id"]
+    assert (now["status"], now["customHeaders"]) == ("live", {"X-Keytrail-Token": TOKEN})
+    writes = [(r.method, r.path) for r in fake.state.requests if r.method in ("POST", "DELETE")]
+    assert writes[-2:] == [("POST", "/webhooks"), ("DELETE", f"/webhooks/{hook['id']}")]
     assert len(keytrail_hooks(fake)) == 2
 
 
@@ -373,6 +395,20 @@ def test_ping_works_whichever_field_the_api_reads_headers_from(
 
     assert code == 0, err
     assert [p["seen"] for p in report["pings"]] == [True]
+
+
+def test_ping_and_subscribe_work_when_the_api_forbids_properties_outside_each_dto(
+    start_fake: FakeFactory, cli_for: Any, receiver: Any
+) -> None:
+    fake = start_fake(forbid_unknown_properties=True)
+
+    code, report, err = cli_for(fake, receiver()).json("subscribe")
+
+    assert code == 0, err
+    assert [p["seen"] for p in report["pings"]] == [True]
+    refused, accepted = fake.state.requests_to("POST", "/webhooks/ping")
+    assert "customHeaders" in refused.body
+    assert sorted(accepted.body) == ["body", "headers", "httpMethod", "url"]  # TestWebhookDTO
 
 
 def test_ping_with_a_token_the_receiver_does_not_know_names_a_token_mismatch(

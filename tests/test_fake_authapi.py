@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from config.settings import DEFAULT_TOPICS
 from keytrail.fake_authapi import FakeAuthApi, FakeState, LoopbackServer
+from keytrail.fake_authapi.strictness import ChangeFault
 
 ACCESS_KEY = "test_access_fake_0123456789"
 ACCOUNT = "acct-1"
@@ -335,3 +336,106 @@ def test_admin_surface_pauses_deletes_and_shows_secrets(stack: ExitStack) -> Non
     assert shown["status"] == "paused"
     assert shown["secret"] == "fixed-secret"
     assert fake.state.webhooks_in() == []
+
+
+# Stricter readings of the webhook endpoints (keytrail.fake_authapi.strictness).
+
+
+def test_patch_whitelist_ignores_fields_outside_update_dto_and_answers_200(stack: ExitStack) -> None:
+    fake = start(stack, patch_whitelist=True)
+    with api(fake) as http:
+        hook = subscribe(http, "https://example.test/h", topics=["api-key.created"])
+        answer = http.patch(
+            f"/webhooks/{hook['id']}",
+            json={"name": "n2", "url": hook["url"], "topics": list(DEFAULT_TOPICS), "status": "paused"},
+        )
+        without_name = http.patch(f"/webhooks/{hook['id']}", json={"url": hook["url"]})
+
+    assert answer.status_code == 200
+    stored = fake.state.get_webhook(None, hook["id"])
+    assert (stored["name"], stored["topics"], stored["status"]) == ("n2", ["api-key.created"], "live")
+    assert without_name.status_code == 400
+    assert without_name.json()["message"] == ["name should not be empty"]
+
+
+def test_forbid_unknown_properties_answers_a_nestjs_400_naming_each(stack: ExitStack) -> None:
+    fake = start(stack, forbid_unknown_properties=True)
+    with api(fake) as http:
+        created = http.post(
+            "/webhooks",
+            json={"name": "n", "url": "https://example.test/h", "topics": ["api-key.created"], "httpMethod": "POST",
+                  "projectId": "proj-1", "colour": "red"},
+        )  # fmt: skip
+        hook = subscribe(http, "https://example.test/h")
+        patched = http.patch(f"/webhooks/{hook['id']}", json={"name": "n", "url": hook["url"], "status": "paused"})
+        pinged = http.post(
+            "/webhooks/ping", json={"url": "http://127.0.0.1:9/", "httpMethod": "POST", "customHeaders": {}}
+        )
+
+    assert created.status_code == 400
+    assert created.json() == {
+        "statusCode": 400,
+        "message": ["property colour should not exist"],
+        "error": "Bad Request",
+    }
+    assert patched.status_code == 400
+    assert patched.json()["message"] == ["property status should not exist"]
+    assert fake.state.get_webhook(None, hook["id"])["status"] == "live"
+    assert pinged.json()["message"] == ["property customHeaders should not exist"]
+
+
+def test_account_wide_hook_is_listed_with_every_project_and_gets_their_events(stack: ExitStack) -> None:
+    fake = start(stack, account_wide_hooks=True)
+    target = capture(stack)
+    with api(fake) as http:
+        hook = subscribe(http, target.url, projectId=None, accountId=ACCOUNT)
+        listed = [http.get("/webhooks", params={"projectId": p}).json() for p in ("proj-1", "proj-2")]
+        for project in ("proj-1", "proj-2"):
+            http.post("/api-keys", json={"name": "k", "projectId": project})
+    assert fake.state.wait_for_deliveries(10)
+
+    assert hook["projectId"] is None
+    assert hook["accountId"] == ACCOUNT
+    assert [[h["id"] for h in found] for found in listed] == [[hook["id"]], [hook["id"]]]
+    assert sorted(body["projectId"] for body in target.bodies()) == ["proj-1", "proj-2"]
+
+
+@pytest.mark.parametrize("kind", ["error", "drop"])
+def test_a_fault_after_change_strikes_once_the_change_is_made(stack: ExitStack, kind: ChangeFault) -> None:
+    fake = start(stack)
+    fake.state.fail_after_next_change(kind)
+    with api(fake) as http:
+        if kind == "error":
+            answer = http.post("/webhooks", json={**_hook_body(), "name": "made"})
+            assert answer.status_code == 500
+        else:
+            with pytest.raises(httpx.RemoteProtocolError):
+                http.post("/webhooks", json={**_hook_body(), "name": "made"})
+        listed = http.get("/webhooks", params={"projectId": "proj-1"}).json()
+
+    assert [h["name"] for h in listed] == ["made"]
+
+
+def test_fault_after_change_every_nth_change_counts_only_changes(stack: ExitStack) -> None:
+    fake = start(stack, fault_after_change="error", fault_after_change_every=2)
+    with api(fake) as http:
+        first = http.post("/webhooks", json=_hook_body())
+        http.get("/webhooks", params={"projectId": "proj-1"})
+        second = http.post("/webhooks", json=_hook_body())
+
+    assert (first.status_code, second.status_code) == (201, 500)
+    assert len(fake.state.webhooks_in("proj-1")) == 2
+
+
+def test_ignored_fields_are_never_stored(stack: ExitStack) -> None:
+    fake = start(stack, ignored_webhook_fields=["customHeaders"])
+    with api(fake) as http:
+        hook = subscribe(http, "https://example.test/h", customHeaders={"X-Keytrail-Token": "tok"})
+        http.patch(f"/webhooks/{hook['id']}", json={"customHeaders": {"X-Keytrail-Token": "tok"}})
+
+    assert fake.state.get_webhook(None, hook["id"])["customHeaders"] == {}
+
+
+def _hook_body() -> dict[str, Any]:
+    return {"name": "n", "url": "https://example.test/h", "topics": ["api-key.created"], "httpMethod": "POST",
+            "projectId": "proj-1"}  # fmt: skip

@@ -29,12 +29,19 @@ class AuthApiError(Exception):
     """The Auth API refused a request or could not be reached. `status` is None for network failures.
 
     `str()` is one line that never contains the access key, fit for a CLI error or a log field.
+    `outcome_unknown` says the request may have been carried out all the same (a 5xx, or a connection lost after
+    sending): a caller that changes things must read back rather than assume either way.
     """
 
-    def __init__(self, text: str, *, status: int | None = None, message: str = "") -> None:
+    def __init__(self, text: str, *, status: int | None = None, message: str = "", sent: bool = True) -> None:
         super().__init__(text)
         self.status = status
         self.message = message
+        self.sent = sent
+
+    @property
+    def outcome_unknown(self) -> bool:
+        return (self.status is None and self.sent) or (self.status is not None and self.status >= 500)
 
 
 def _user_agent() -> str:
@@ -106,7 +113,9 @@ class AuthApiClient:
     @classmethod
     def from_settings(cls, settings: Settings, tenant: TenantSettings) -> Self:
         if tenant.access_key is None:
-            raise AuthApiError(f"tenant {tenant.name} has no access_key (set tenants.{tenant.name}.access_key)")
+            raise AuthApiError(
+                f"tenant {tenant.name} has no access_key (set tenants.{tenant.name}.access_key)", sent=False
+            )
         return cls(settings.authapi.base_url, tenant.access_key, timeout=settings.authapi.timeout_seconds)
 
     def __enter__(self) -> Self:
@@ -146,7 +155,8 @@ class AuthApiClient:
                 detail = self._redact(" ".join(str(exc).split())) or "no detail"
                 raise AuthApiError(
                     f"The Auth API at {self.base_url} is unreachable ({where}, {_attempts(attempt)}): "
-                    f"{type(exc).__name__}: {detail}"
+                    f"{type(exc).__name__}: {detail}",
+                    sent=not unsent,
                 ) from None
             retryable = response.status_code == 429 or (idempotent and response.status_code in RETRY_STATUSES)
             if retryable and attempt < self.max_attempts:

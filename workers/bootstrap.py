@@ -2,10 +2,12 @@
 
 A tenant's desired state is one subscription per project, found by its URL (`{public_url}/hooks/theauthapi/{tenant}`):
 topics, `httpMethod` POST, `customHeaders` carrying `X-Keytrail-Token`, `status` live. `plan_tenant` compares it with
-what the API holds, `apply_change` makes it so, `check_drift_all` is the scheduled read-only comparison, and
+what the API holds, `workers.convergence` makes it so, `check_drift_all` is the scheduled read-only comparison, and
 `send_ping` + `wait_for_ping` prove a request really travels The Auth API → receiver → Redis.
 
-Where the spec and the vendor's samples disagree (reference §2.2) this module sends what satisfies both readings.
+Requests carry only the fields of the spec's DTO for that request (`CREATE_FIELDS`, `UPDATE_FIELDS`): a NestJS
+service may drop or refuse anything else. Where the spec and the vendor's samples disagree about the ping (reference
+§2.2) it sends what satisfies both readings, and the spec's alone when the service refuses the samples' field.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ TOKEN_HEADER = "X-Keytrail-Token"  # noqa: S105 (a header name, not a secret)
 PING_FIELD = "keytrail_ping"
 # The fields keytrail owns on its subscription, in the API's spelling; `url` is the identity, not compared.
 COMPARED_FIELDS = ("name", "topics", "httpMethod", "customHeaders", "status")
+# The spec's request DTOs (components.schemas): CreateWebhookDTO, and UpdateWebhookDTO, which PATCH is limited to.
+CREATE_FIELDS = ("name", "url", "topics", "httpMethod", "projectId", "accountId", "customHeaders", "status")
+UPDATE_FIELDS = ("name", "url", "customHeaders")
+# What a PATCH can repair; any other difference needs a new subscription.
+PATCHABLE = frozenset(UPDATE_FIELDS)
 # Names a topic object may carry its name under (the shape of GET /webhooks/topics is UNKNOWN).
 TOPIC_NAME_FIELDS = ("name", "topic", "id", "value", "key", "event")
 # Answers meaning "this endpoint does not exist here": fall back to the known topics rather than fail.
@@ -45,9 +52,11 @@ class BootstrapError(Exception):
 
 class Action(StrEnum):
     CREATE = "create"
-    UPDATE = "update"
+    UPDATE = "update"  # PATCH with UpdateWebhookDTO's fields
+    REPLACE = "replace"  # a difference PATCH cannot repair: create the right one, then delete this one
     UNCHANGED = "unchanged"
     DELETE_DUPLICATE = "delete-duplicate"
+    DELETE_ACCOUNT_WIDE = "delete-account-wide"  # keytrail's URL on a hook for the whole account
 
 
 def hook_url(public_url: str, tenant: str) -> str:
@@ -81,9 +90,9 @@ class Desired:
     def headers(self) -> dict[str, str]:
         return {TOKEN_HEADER: self.token.reveal()} if self.token is not None else {}
 
-    def body(self) -> dict[str, Any]:
-        """The full DTO: create takes it as is, and PATCH gets it whole because PATCH semantics are unclear (§6)."""
-        body: dict[str, Any] = {
+    def fields(self) -> dict[str, Any]:
+        """Every field keytrail sets, in the API's spelling."""
+        fields: dict[str, Any] = {
             "name": self.name,
             "url": self.url,
             "topics": list(self.topics),
@@ -93,8 +102,16 @@ class Desired:
             "status": self.status,
         }
         if self.account_id:
-            body["accountId"] = self.account_id
-        return body
+            fields["accountId"] = self.account_id
+        return fields
+
+    def create_body(self) -> dict[str, Any]:
+        """POST /webhooks: CreateWebhookDTO."""
+        return {k: v for k, v in self.fields().items() if k in CREATE_FIELDS}
+
+    def update_body(self) -> dict[str, Any]:
+        """PATCH /webhooks/{id}: UpdateWebhookDTO only (name and url are required there, so always sent)."""
+        return {k: v for k, v in self.fields().items() if k in UPDATE_FIELDS}
 
 
 def differences(desired: Desired, existing: Mapping[str, Any]) -> tuple[str, ...]:
@@ -114,7 +131,7 @@ def differences(desired: Desired, existing: Mapping[str, Any]) -> tuple[str, ...
         elif name == "httpMethod":
             same = str(live).upper() == desired.http_method
         else:
-            same = live == desired.body()[name]
+            same = live == desired.fields()[name]
         if not same:
             found.append(name)
     return tuple(found)
@@ -279,21 +296,55 @@ def keytrails(hooks: Iterable[Mapping[str, Any]], url: str) -> list[Mapping[str,
     return [h for h in hooks if isinstance(h.get("url"), str) and same_url(h["url"], url)]
 
 
+def is_account_wide(hook: Mapping[str, Any]) -> bool:
+    """A hook the API says belongs to no project (`projectId: null`): it gets every project's events. A hook that
+    does not mention `projectId` at all is taken to be the listed project's (the shape is UNKNOWN)."""
+    return "projectId" in hook and hook["projectId"] is None
+
+
+def fix_for(diff: Sequence[str]) -> Action:
+    if not diff:
+        return Action.UNCHANGED
+    return Action.UPDATE if PATCHABLE.issuperset(diff) else Action.REPLACE
+
+
+def _keeper_rank(desired: Desired, hook: Mapping[str, Any]) -> int:
+    # An interrupted replace leaves the right subscription beside the wrong one: keep the right one.
+    return {Action.UNCHANGED: 0, Action.UPDATE: 1, Action.REPLACE: 2}[fix_for(differences(desired, hook))]
+
+
 def plan_project(client: AuthApiClient, desired: Desired) -> list[Change]:
-    """Create when keytrail has no subscription here, update the first one found when it differs, and remove
-    any further ones with keytrail's URL (left by an interrupted earlier run)."""
-    ours = keytrails(list_subscriptions(client, desired), desired.url)
+    """Create when keytrail has no subscription here; else keep the one closest to the desired state (in sync,
+    else repairable by PATCH, else any), repair it if it differs, and remove any further ones with keytrail's URL
+    (left by an interrupted earlier run). Account-wide hooks are `plan_account_wide`'s."""
+    found = keytrails(list_subscriptions(client, desired), desired.url)
+    ours = [h for h in found if not is_account_wide(h)]
     tenant, project_id = desired.tenant, desired.project_id
     if not ours:
         return [Change(tenant, project_id, Action.CREATE, desired)]
-    first, *extra = ours
-    diff = differences(desired, first)
-    status = first.get("status")
-    action = Action.UPDATE if diff else Action.UNCHANGED
+    keeper = min(ours, key=lambda hook: _keeper_rank(desired, hook))  # min keeps the API's order among equals
+    diff = differences(desired, keeper)
+    status = keeper.get("status")
     live_status = status if isinstance(status, str) else None
-    changes = [Change(tenant, project_id, action, desired, str(first.get("id")), diff, live_status)]
-    changes += [Change(tenant, project_id, Action.DELETE_DUPLICATE, desired, str(h.get("id"))) for h in extra]
+    changes = [Change(tenant, project_id, fix_for(diff), desired, str(keeper.get("id")), diff, live_status)]
+    changes += [
+        Change(tenant, project_id, Action.DELETE_DUPLICATE, desired, str(h.get("id"))) for h in ours if h is not keeper
+    ]
     return changes
+
+
+def plan_account_wide(client: AuthApiClient, desireds: Sequence[Desired]) -> list[Change]:
+    """keytrail's URL on an account-wide hook: keytrail subscribes per project, so such a hook only doubles every
+    delivery (and may carry a stale token). Planned after the projects, so it is deleted only once each project
+    has its own subscription."""
+    seen: dict[str, Change] = {}
+    for desired in desireds:
+        for hook in keytrails(list_subscriptions(client, desired), desired.url):
+            if is_account_wide(hook):
+                webhook_id = str(hook.get("id"))
+                change = Change(desired.tenant, "*", Action.DELETE_ACCOUNT_WIDE, desired, webhook_id)
+                seen.setdefault(webhook_id, change)
+    return list(seen.values())
 
 
 def plan_tenant(
@@ -305,45 +356,12 @@ def plan_tenant(
     progress: Callable[[str], None] | None = None,
 ) -> list[Change]:
     changes: list[Change] = []
-    for project_id in projects:
-        changes += plan_project(client, desired_for(tenant, project_id, topics))
+    desireds = [desired_for(tenant, project_id, topics) for project_id in projects]
+    for desired in desireds:
+        changes += plan_project(client, desired)
         if progress is not None:
-            progress(project_id)
-    return changes
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    change: Change
-    webhook_id: str | None
-    # Fields the API answered with a value other than the one sent (it may not support updating them).
-    not_applied: tuple[str, ...] = ()
-
-
-def apply_change(client: AuthApiClient, change: Change) -> Applied:
-    desired = change.desired
-    if change.action is Action.CREATE:
-        created = client.create_webhook(desired.body())
-        webhook_id = str(created["id"]) if isinstance(created, Mapping) and "id" in created else None
-        log.info("subscription_created", tenant=change.tenant, project_id=change.project_id, webhook_id=webhook_id)
-        return Applied(change, webhook_id)
-    assert change.webhook_id is not None
-    if change.action is Action.UPDATE:
-        updated = client.update_webhook(change.webhook_id, desired.body())
-        left = differences(desired, updated) if isinstance(updated, Mapping) else ()
-        log.info(
-            "subscription_updated",
-            tenant=change.tenant,
-            project_id=change.project_id,
-            webhook_id=change.webhook_id,
-            fields=list(change.differences),
-            not_applied=list(left),
-        )
-        return Applied(change, change.webhook_id, left)
-    if change.action is Action.DELETE_DUPLICATE:
-        client.delete_webhook(change.webhook_id)
-        log.info("subscription_deleted", tenant=change.tenant, project_id=change.project_id, reason="duplicate")
-    return Applied(change, change.webhook_id)  # unchanged: nothing to send
+            progress(desired.project_id)
+    return changes + plan_account_wide(client, desireds)
 
 
 def drift_of(change: Change) -> Drift | None:
@@ -354,6 +372,8 @@ def drift_of(change: Change) -> Drift | None:
         problems: tuple[str, ...] = ("missing",)
     elif change.action is Action.DELETE_DUPLICATE:
         problems = ("duplicate",)
+    elif change.action is Action.DELETE_ACCOUNT_WIDE:
+        problems = ("account-wide",)
     else:
         problems = tuple(
             ("paused" if change.live_status == "paused" else f"status {change.live_status}")
@@ -409,10 +429,20 @@ def unsubscribe_project(client: AuthApiClient, desired: Desired, *, dry_run: boo
     for hook in keytrails(list_subscriptions(client, desired), desired.url):
         webhook_id = str(hook.get("id"))
         if not dry_run:
-            client.delete_webhook(webhook_id)
+            delete_subscription(client, webhook_id)
             log.info("subscription_deleted", tenant=desired.tenant, project_id=desired.project_id, reason="unsubscribe")
         deleted.append(webhook_id)
     return deleted
+
+
+def delete_subscription(client: AuthApiClient, webhook_id: str) -> None:
+    """DELETE, where "already gone" counts as done: a retried delete whose first answer was lost finds nothing,
+    and an account-wide hook is listed (and deleted) once per project."""
+    try:
+        client.delete_webhook(webhook_id)
+    except AuthApiError as exc:
+        if exc.status != 404:
+            raise
 
 
 # The ping: a marker sent through The Auth API, recorded by the receiver in Redis, looked up here.
@@ -422,8 +452,9 @@ def new_marker() -> str:
     return f"kt-{uuid.uuid4().hex}"
 
 
-def ping_body(tenant: TenantSettings, marker: str) -> dict[str, Any]:
-    """POST /webhooks/ping's DTO. The spec names the headers field `headers`, the samples `customHeaders`: send both."""
+def ping_body(tenant: TenantSettings, marker: str, *, samples_field: bool = True) -> dict[str, Any]:
+    """POST /webhooks/ping's DTO. The spec names the headers field `headers`, the samples `customHeaders`: send both,
+    unless `samples_field` is False (a service that refuses properties outside TestWebhookDTO)."""
     headers = {"Content-Type": "application/json"}
     if tenant.token is not None:
         headers[TOKEN_HEADER] = tenant.token.reveal()
@@ -432,13 +463,19 @@ def ping_body(tenant: TenantSettings, marker: str) -> dict[str, Any]:
         "httpMethod": "POST",
         "body": {PING_FIELD: marker, "tenant": tenant.name},
         "headers": headers,
-        "customHeaders": headers,
+        **({"customHeaders": headers} if samples_field else {}),
     }
 
 
 def send_ping(client: AuthApiClient, tenant: TenantSettings, marker: str) -> Any:
     """Ask The Auth API to send the ping; returns its answer (shape UNKNOWN, kept only for diagnosis)."""
-    answer = client.ping_webhook(ping_body(tenant, marker))
+    try:
+        answer = client.ping_webhook(ping_body(tenant, marker))
+    except AuthApiError as exc:
+        # NestJS's forbidNonWhitelisted names the refused property; then the spec's DTO alone is what it accepts.
+        if exc.status != 400 or "customHeaders" not in exc.message:
+            raise
+        answer = client.ping_webhook(ping_body(tenant, marker, samples_field=False))
     log.info("ping_sent", tenant=tenant.name, marker=marker)
     return answer
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +24,6 @@ from workers.bootstrap import (
     Change,
     Drift,
     PingResult,
-    apply_change,
     check_tenant,
     desired_for,
     fetch_topics,
@@ -37,6 +35,7 @@ from workers.bootstrap import (
     tenant_projects,
     unsubscribe_project,
 )
+from workers.convergence import converge_tenant
 
 # A tenant with at least this many projects gets a progress bar (on a terminal only).
 PROGRESS_MIN_PROJECTS = 5
@@ -150,22 +149,13 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                     with _progress(len(projects), f"checking {tenant.name}") as advance:
                         drifts += check_tenant(client, tenant, topics.names, projects, progress=advance)
                     continue
-                with _progress(len(projects), f"planning {tenant.name}") as advance:
-                    plan = plan_tenant(client, tenant, topics.names, projects, progress=advance)
                 if args.dry_run:
-                    changes += plan
+                    with _progress(len(projects), f"planning {tenant.name}") as advance:
+                        changes += plan_tenant(client, tenant, topics.names, projects, progress=advance)
                     continue
-                with _progress(len(plan), f"applying {tenant.name}") as advance:
-                    for change in plan:
-                        applied = apply_change(client, change)
-                        changes.append(dataclasses.replace(change, webhook_id=applied.webhook_id))
-                        advance(change.project_id)
-                        if applied.not_applied:
-                            fields = ", ".join(applied.not_applied)
-                            warnings.append(
-                                f"tenant {tenant.name}: project {change.project_id}: "
-                                f"The Auth API kept its own value for {fields}"
-                            )
+                # Converging re-reads before every round and succeeds only on a read `--check` calls in sync.
+                with _progress(len(projects), f"applying {tenant.name}") as advance:
+                    changes += converge_tenant(client, tenant, topics.names, projects, progress=advance)
                 if not args.no_ping:
                     pings += _ping(settings, client, tenant, args.ping_timeout, warnings)
         except AuthApiError as exc:

@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from keytrail.fake_authapi.entities import Json
 from keytrail.fake_authapi.errors import FakeApiError
@@ -30,6 +31,16 @@ class Call:
 Operation = Callable[[Call], Any]
 
 
+class DroppedConnection(Response):
+    """Starts a 200 and closes the connection mid-body: the client cannot tell whether the change was made."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{", "more_body": True})
+        # Returning before the body is complete makes uvicorn close the connection.
+
+
 async def _json_object(request: Request) -> Json:
     raw = await request.body()
     if not raw.strip():
@@ -44,7 +55,7 @@ async def _json_object(request: Request) -> Json:
 
 
 def _endpoint(
-    state: FakeState, operation: Operation, *, status: int = 200, admin: bool = False
+    state: FakeState, operation: Operation, *, status: int = 200, admin: bool = False, change: bool = False
 ) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         try:
@@ -58,6 +69,11 @@ def _endpoint(
             result = operation(call)
             if inspect.isawaitable(result):
                 result = await result
+            fault = state.change_faults.next_fault() if change else None
+            if fault == "drop":
+                return DroppedConnection()
+            if fault == "error":
+                raise FakeApiError(500, "Internal server error")
         except FakeApiError as exc:
             return exc.response()
         return JSONResponse(result, status_code=status)
@@ -71,6 +87,10 @@ def create_fake_app(state: FakeState) -> Starlette:
     def api(path: str, method: str, operation: Operation, status: int = 200) -> Route:
         return Route(path, _endpoint(state, operation, status=status), methods=[method])
 
+    def change(path: str, method: str, operation: Operation, status: int = 200) -> Route:
+        """A route that changes a subscription: the one `fault_after_change` strikes after it is done."""
+        return Route(path, _endpoint(state, operation, status=status, change=True), methods=[method])
+
     def admin(path: str, method: str, operation: Operation) -> Route:
         return Route(path, _endpoint(state, operation, admin=True), methods=[method])
 
@@ -80,10 +100,10 @@ def create_fake_app(state: FakeState) -> Starlette:
         api("/webhooks/topics", "GET", lambda c: s.topics()),
         api("/webhooks/ping", "POST", lambda c: s.ping(c.body)),
         api("/webhooks", "GET", lambda c: s.list_webhooks(c.caller, c.query)),
-        api("/webhooks", "POST", lambda c: s.create_webhook(c.caller, c.body), 201),
+        change("/webhooks", "POST", lambda c: s.create_webhook(c.caller, c.body), 201),
         api("/webhooks/{id}", "GET", lambda c: s.get_webhook(c.caller, c.params["id"])),
-        api("/webhooks/{id}", "PATCH", lambda c: s.update_webhook(c.caller, c.params["id"], c.body)),
-        api("/webhooks/{id}", "DELETE", lambda c: s.remove_webhook(c.caller, c.params["id"])),
+        change("/webhooks/{id}", "PATCH", lambda c: s.update_webhook(c.caller, c.params["id"], c.body)),
+        change("/webhooks/{id}", "DELETE", lambda c: s.remove_webhook(c.caller, c.params["id"])),
         api("/api-keys", "GET", lambda c: s.list_api_keys(c.caller, c.query)),
         api("/api-keys/", "GET", lambda c: s.list_api_keys(c.caller, c.query)),
         api("/api-keys", "POST", lambda c: s.create_api_key(c.caller, c.body), 201),

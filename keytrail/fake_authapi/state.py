@@ -16,6 +16,14 @@ from config.settings import DEFAULT_TOPICS
 from keytrail.fake_authapi.delivery import Deliverer, DeliveryAttempt
 from keytrail.fake_authapi.entities import Json, access_key_entity, audit_base, project_entity, random_token, timestamp
 from keytrail.fake_authapi.errors import FAULT_MESSAGES, FORBIDDEN, FakeApiError, not_found
+from keytrail.fake_authapi.strictness import (
+    CREATE_WEBHOOK_DTO,
+    TEST_WEBHOOK_DTO,
+    UPDATE_WEBHOOK_DTO,
+    ChangeFault,
+    ChangeFaults,
+    Strictness,
+)
 from keytrail.fake_authapi.validation import (
     ACCESS_KEY_CREATE,
     API_KEY_CREATE,
@@ -58,7 +66,9 @@ class FakeState:
     accountId, projectId and topic as the spec says), `ping_headers_field` (which DTO field the ping reads its
     headers from), `duplicates_every` (deliver every Nth event twice; 0 never), `out_of_order` (deliver events in
     swapped pairs), `bare_entity` (the body is just the entity), `signing_secret` (one fixed per-hook secret).
-    The delivery switches and the `delivery_*` settings go to the `Deliverer`.
+    The delivery switches and the `delivery_*` settings go to the `Deliverer`. The stricter readings of the webhook
+    endpoints (`patch_whitelist`, `forbid_unknown_properties`, `account_wide_hooks`, `ignored_webhook_fields`,
+    `patch_ignored_fields`, `fault_after_change` every `fault_after_change_every` changes) are in `strictness`.
     """
 
     def __init__(
@@ -75,7 +85,22 @@ class FakeState:
         delivery_backoff_seconds: float = 0.05,
         delivery_timeout_seconds: float = 5.0,
         out_of_order_hold_seconds: float = 0.3,
+        patch_whitelist: bool = False,
+        forbid_unknown_properties: bool = False,
+        account_wide_hooks: bool = False,
+        ignored_webhook_fields: Sequence[str] = (),
+        patch_ignored_fields: Sequence[str] = (),
+        fault_after_change: ChangeFault | None = None,
+        fault_after_change_every: int = 1,
     ) -> None:
+        self.strictness = Strictness(
+            patch_whitelist,
+            forbid_unknown_properties,
+            account_wide_hooks,
+            tuple(ignored_webhook_fields),
+            tuple(patch_ignored_fields),
+        )
+        self.change_faults = ChangeFaults(fault_after_change, fault_after_change_every)
         self.topics_shape = topics_shape
         self.strict_webhook_list = strict_webhook_list
         self.ping_headers_field = ping_headers_field
@@ -139,6 +164,10 @@ class FakeState:
             body, {"status": (True, check_number), "count": (False, check_number), "retryAfter": (False, check_number)}
         )
         self.fail_next(int(body["status"]), int(body.get("count") or 1), retry_after=body.get("retryAfter"))
+
+    def fail_after_next_change(self, kind: ChangeFault = "error", count: int = 1) -> None:
+        """The next `count` hook changes are made, then answered with a 500 (`error`) or a dropped connection."""
+        self.change_faults.queue(kind, count)
 
     def admin_webhooks(self) -> list[Json]:
         return [{**hook, "secret": self.hook_secrets[hook["id"]]} for hook in self.webhooks_in()]
@@ -269,10 +298,12 @@ class FakeState:
                 self._project(caller, query["projectId"])
             found = []
             for hook in self.webhooks.values():
-                project = self.projects.get(hook["projectId"])
-                if project is None or not self._may(caller, project):
+                if not self._may_hook(caller, hook):
                     continue
-                if any(query.get(k, hook[k]) != hook[k] for k in ("accountId", "projectId")):
+                if query.get("accountId", hook["accountId"]) != hook["accountId"]:
+                    continue
+                # An account-wide hook applies to every project of its account, so it is listed with each.
+                if hook["projectId"] is not None and query.get("projectId", hook["projectId"]) != hook["projectId"]:
                     continue
                 if "topic" in query and query["topic"] not in hook["topics"]:
                     continue
@@ -284,19 +315,29 @@ class FakeState:
             name: (name in ("name", "url", "topics", "httpMethod"), check) for name, check in WEBHOOK_FIELDS.items()
         }
         validate(body, rules)
+        self.strictness.check_properties(body, CREATE_WEBHOOK_DTO)
         with self._lock:
-            project = self._project(caller, body.get("projectId"))
+            if self.strictness.account_wide_hooks and body.get("projectId") is None:
+                project_id, account_id = None, self._hook_account(caller, body.get("accountId"))
+            else:
+                project = self._project(caller, body.get("projectId"))
+                project_id, account_id = project["id"], project["accountId"]
             now = timestamp()
-            hook: Json = {
-                "id": str(uuid.uuid4()),
+            fields = {
                 "name": body["name"],
                 "url": body["url"],
                 "topics": list(body["topics"]),
                 "httpMethod": body["httpMethod"],
-                "projectId": project["id"],
-                "accountId": project["accountId"],
                 "customHeaders": dict(body.get("customHeaders") or {}),
                 "status": body.get("status") or "live",
+            }
+            empty: Json = {"customHeaders": {}, "status": "live", "topics": []}
+            kept = {**{k: v for k, v in empty.items() if k in fields}, **self.strictness.stored(fields)}
+            hook: Json = {
+                "id": str(uuid.uuid4()),
+                **kept,
+                "projectId": project_id,
+                "accountId": account_id,
                 "isActive": True,
                 "createdAt": now,
                 "updatedAt": now,
@@ -305,10 +346,24 @@ class FakeState:
             self.hook_secrets[hook["id"]] = self.signing_secret or random_token(40)
             return dict(hook)
 
+    def _hook_account(self, caller: Json | None, account_id: str | None) -> str:
+        """The account of a new account-wide hook; only an account-level access key may make one."""
+        if caller is not None and caller.get("projectId"):
+            raise FakeApiError(400, ["projectId should not be empty"])
+        chosen = account_id or (caller["accountId"] if caller else None)
+        if chosen is None:
+            raise FakeApiError(400, ["projectId should not be empty"])
+        return str(self._account(caller, chosen)["id"])
+
+    def _may_hook(self, caller: Json | None, hook: Mapping[str, Any]) -> bool:
+        if hook["projectId"] is None:
+            return caller is None or (not caller.get("projectId") and caller["accountId"] == hook["accountId"])
+        project = self.projects.get(hook["projectId"])
+        return project is not None and self._may(caller, project)
+
     def _webhook(self, caller: Json | None, webhook_id: str) -> Json:
         hook = self.webhooks.get(webhook_id)
-        project = self.projects.get(hook["projectId"]) if hook else None
-        if hook is None or project is None or not self._may(caller, project):
+        if hook is None or not self._may_hook(caller, hook):
             raise not_found("Webhook")
         return hook
 
@@ -317,13 +372,21 @@ class FakeState:
             return dict(self._webhook(caller, webhook_id))
 
     def update_webhook(self, caller: Json | None, webhook_id: str, body: Mapping[str, Any]) -> Json:
-        # The spec requires name and url; the vendor's samples patch `status` alone, so every field is optional.
-        allowed = ("name", "url", "topics", "httpMethod", "customHeaders", "status")
-        validate(body, {name: (False, WEBHOOK_FIELDS[name]) for name in allowed})
+        # The spec requires name and url; the vendor's samples patch `status` alone, so by default every field is
+        # optional and the sample's fields apply too. The strict readings follow UpdateWebhookDTO.
+        strict = self.strictness
+        lenient = ("name", "url", "topics", "httpMethod", "customHeaders", "status")
+        allowed = UPDATE_WEBHOOK_DTO if strict.spec_update else lenient
+        strict.check_properties(body, UPDATE_WEBHOOK_DTO)
+        required = ("name", "url") if strict.spec_update else ()
+        validate(body, {name: (name in required, WEBHOOK_FIELDS[name]) for name in allowed})
         with self._lock:
             hook = self._webhook(caller, webhook_id)
-            hook.update({k: body[k] for k in allowed if body.get(k) is not None}, updatedAt=timestamp())
-            return dict(hook)
+            changes = strict.stored({k: body[k] for k in allowed if body.get(k) is not None})
+            hook.update(
+                {k: v for k, v in changes.items() if k not in strict.patch_ignored_fields}, updatedAt=timestamp()
+            )
+            return {**hook, **changes}  # the answer claims every change, kept or not
 
     def remove_webhook(self, caller: Json | None, webhook_id: str) -> bool:
         with self._lock:
@@ -332,6 +395,7 @@ class FakeState:
 
     async def ping(self, body: Mapping[str, Any]) -> Json:
         """Really send `body` to `url` with the caller's headers, and report what came back."""
+        self.strictness.check_properties(body, TEST_WEBHOOK_DTO)
         validate(
             body,
             {
@@ -582,7 +646,11 @@ class FakeState:
             for hook in self.webhooks.values()
             if hook["status"] == "live"
             and topic in hook["topics"]
-            and (hook["projectId"] == project_id if project_id else hook["accountId"] == account_id)
+            and (
+                hook["projectId"] == project_id
+                if project_id and hook["projectId"] is not None
+                else hook["accountId"] == account_id
+            )
         )
         self._deliverer.emit(topic, project_id, account_id, entity, hooks)
 
