@@ -3,7 +3,10 @@
 Environment overrides name a value by its path with `__` between parts, sinks by their name:
 `KEYTRAIL_SERVER__PORT=9000`, `KEYTRAIL_TENANTS__ACME__TOKEN=...`, `KEYTRAIL_SINKS__SPLUNK__URL=...`.
 A value is read as TOML when it parses (numbers, booleans, arrays), else as a plain string.
-A secret may be a literal, `env:NAME` or `file:/path`.
+A secret may be a literal, `env:NAME` or `file:/path`. A sink option is a secret when it comes from `env:`/`file:`
+or its name says so (`token`, `secret`, `password`, `…_key`, `url`, `webhook_url`, …): its value is then a `Secret`
+in the settings tree, whose repr never shows it. Redis and database URLs are checked here, so that no client later
+fails on one with a traceback that quotes its password.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from config.settings import (
     TenantSettings,
     WorkerSettings,
 )
+from config.urls import url_problems
 
 ENV_PREFIX = "KEYTRAIL_"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -44,6 +48,13 @@ SECTIONS: dict[str, type[Any]] = {
     "authapi": AuthApiSettings,
 }
 SINK_COMMON = {"name", "type", "topics", "tenants", "exclude_topics"}
+# Sink option names whose literal values are secrets. A URL counts: a Slack or CRM webhook URL is the credential
+# itself, and any URL may carry user info; masking a harmless one costs nothing.
+SECRET_OPTION = re.compile(r"(^|_)(token|secret|password|passphrase|key|credentials?|url|dsn)$")
+URL_SCHEMES: dict[str, tuple[str, ...]] = {
+    "redis": ("redis", "rediss", "unix"),
+    "audit": ("sqlite", "postgresql", "postgres"),
+}
 
 
 def load_settings(path: Path | None, environ: Mapping[str, str]) -> Settings:
@@ -154,6 +165,9 @@ class _Builder:
                 top["log_level"] = level
             else:
                 self.problems.append(f"unknown setting {key!r}")
+        for section, schemes in URL_SCHEMES.items():
+            if top.get(section) is not None:
+                self.problems.extend(url_problems(f"{section}.url", top[section].url, schemes))
         if self.problems:
             return None
         return Settings(**top)
@@ -292,9 +306,15 @@ class _Builder:
             }
             # A sink's own secrets (tokens, webhook URLs) are resolved here, so no sink ever reads the environment.
             options = {
-                k: self.secret(v, f"{where}.{k}") if isinstance(v, str) and v.startswith(("env:", "file:")) else v
+                k: self.secret(v, f"{where}.{k}") if _is_secret_option(k, v) else v
                 for k, v in table.items()
                 if k not in SINK_COMMON
             }
             result.append(SinkSettings(name=name, type=kind, options=options, **routing))
         return tuple(result)
+
+
+def _is_secret_option(name: str, value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    return value.startswith(("env:", "file:")) or (bool(value) and SECRET_OPTION.search(name.lower()) is not None)

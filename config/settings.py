@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+# `X as X` is the explicit re-export mypy --strict wants: callers import display_url from here.
+from config.urls import display_url as display_url  # noqa: PLC0414
 
 DEFAULT_TOPICS = (
     "api-key.created",
@@ -20,19 +23,42 @@ DEFAULT_TOPICS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
 class Secret:
-    """A secret value whose repr and str never show it; call `reveal()` at the point of use."""
+    """A secret value whose repr, str and format never show it; call `reveal()` at the point of use.
 
-    _value: str = field(repr=False)
+    Not a dataclass on purpose: `dataclasses.asdict(settings)` would turn one into a plain dict holding the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        object.__setattr__(self, "_value", value)
 
     def reveal(self) -> str:
-        return self._value
+        value: str = object.__getattribute__(self, "_value")
+        return value
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Secret is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other.reveal() == self.reveal()
+
+    def __hash__(self) -> int:
+        return hash((Secret, self.reveal()))
 
     def __repr__(self) -> str:
         return "Secret('**********')"
 
     __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __copy__(self) -> Secret:
+        return self  # immutable
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +72,19 @@ class ServerSettings:
     body_timeout_seconds: float = 30.0
 
 
+def _repr_masking_url(self: Any) -> str:
+    """A settings repr whose `url` shows its password masked (see `display_url`)."""
+    shown = []
+    for f in fields(self):
+        value = getattr(self, f.name)
+        shown.append(f"{f.name}={display_url(value) if f.name == 'url' else value!r}")
+    return f"{type(self).__name__}({', '.join(shown)})"
+
+
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
+    __repr__ = _repr_masking_url
+
     url: str = "redis://127.0.0.1:6379/0"
     # Start a private redis-server (AOF on, data in the data dir) when `keytrail up` finds none at `url`.
     autostart: bool = True
@@ -79,6 +116,8 @@ class WorkerSettings:
 
 @dataclass(frozen=True, slots=True)
 class AuditSettings:
+    __repr__ = _repr_masking_url
+
     url: str = "sqlite:///data/keytrail.db"
     # Key for the fingerprints of raw API keys; generated once into the data dir when not configured.
     pepper: Secret | None = None
@@ -143,13 +182,3 @@ class Settings:
     sinks: tuple[SinkSettings, ...] = ()
     # Where the settings came from, for `config check` and error messages ("embedded defaults" or a path).
     source: str = "embedded defaults"
-
-
-def display_url(url: str) -> str:
-    """A URL for messages and logs: a password in it (redis://:pw@host, postgresql://user:pw@host) is masked."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    userinfo, _, host = rest.partition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user + ':' if user else ':'}***@{host}" if ":" in userinfo else f"{scheme}://{user}@{host}"

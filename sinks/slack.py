@@ -240,6 +240,9 @@ class SlackSink:
             raise error
         return DeliveryReport.all(records, Outcome.DELIVERED)
 
+    def __repr__(self) -> str:
+        return f"SlackSink(name={self.name!r}, webhook_url={self._url!r})"
+
     def _send_each(self, records: Sequence[AuditRecord]) -> DeliveryReport:
         return post_each(records, lambda record: self._post(render_message(record)), rejects_rest=WebhookRevoked)
 

@@ -34,7 +34,7 @@ from typing import Any, Self
 import httpx
 
 from config.errors import ConfigError
-from config.settings import Secret, SinkSettings
+from config.settings import Secret, SinkSettings, display_url
 from sinks import retry_after
 from sinks.base import DeliveryReport, Outcome
 from sinks.errors import SinkDisabled, SinkError, SinkRejected, SinkUnavailable
@@ -289,7 +289,8 @@ class SplunkHecSink:
         self._token = token
         self._event_url = self.base_url + EVENT_PATH
         self._ack_url = self.base_url + ACK_PATH
-        self._headers = {"Authorization": f"Splunk {token.reveal()}", "Content-Type": "application/json"}
+        # Without Authorization: the token is added per request (`_auth`), so no long-lived dict holds it in clear.
+        self._headers = {"Content-Type": "application/json"}
         if ack:
             self._headers[CHANNEL_HEADER] = self.channel
         self._owns_client = client is None
@@ -433,14 +434,14 @@ class SplunkHecSink:
 
     def _post(self, chunk: Sequence[_Item]) -> Verdict:
         body = b"".join(item.line for item in chunk)
-        headers = self._headers
+        headers = self._auth()
         if self.gzip:
             body = gzip_codec.compress(body, compresslevel=GZIP_LEVEL)
             headers = {**headers, "Content-Encoding": "gzip"}
         try:
             response = self._client.post(self._event_url, content=body, headers=headers)
         except httpx.RequestError as exc:
-            return SinkUnavailable(self._scrub(f"cannot reach HEC at {self._event_url}: {_describe(exc)}"))
+            return SinkUnavailable(self._scrub(f"cannot reach HEC at {display_url(self._event_url)}: {_describe(exc)}"))
         verdict = classify(
             response.status_code,
             response.content,
@@ -487,10 +488,10 @@ class SplunkHecSink:
     def _poll_acks(self, ack_ids: list[int]) -> dict[int, bool] | SinkUnavailable:
         try:
             response = self._client.post(
-                self._ack_url, params={"channel": self.channel}, json={"acks": ack_ids}, headers=self._headers
+                self._ack_url, params={"channel": self.channel}, json={"acks": ack_ids}, headers=self._auth()
             )
         except httpx.RequestError as exc:
-            return SinkUnavailable(self._scrub(f"cannot reach HEC at {self._ack_url}: {_describe(exc)}"))
+            return SinkUnavailable(self._scrub(f"cannot reach HEC at {display_url(self._ack_url)}: {_describe(exc)}"))
         answer = classify_ack(response.status_code, response.content)
         if isinstance(answer, SinkUnavailable):
             scrubbed = self._scrubbed(answer)
@@ -499,6 +500,12 @@ class SplunkHecSink:
         return answer
 
     # -- keeping the token out of every reason -----------------------------------------------------------------------
+
+    def _auth(self) -> dict[str, str]:
+        return {**self._headers, "Authorization": f"Splunk {self._token.reveal()}"}
+
+    def __repr__(self) -> str:
+        return f"SplunkHecSink(name={self.name!r}, url={display_url(self.base_url)!r}, token={self._token!r})"
 
     def _scrub(self, text: str) -> str:
         token = self._token.reveal()

@@ -164,7 +164,9 @@ class WebhookSink:
     ) -> None:
         self.name = name
         self._url = url
-        self._key = decode_secret(secret.reveal())
+        decode_secret(secret.reveal())  # a bad secret fails here, at build time, not at the first delivery
+        # Kept as a Secret and decoded per request, so no attribute holds the signing key in clear.
+        self._secret = secret
         self._owns_client = client is None
         self._client = client or httpx.Client(timeout=timeout, follow_redirects=False)
         self._clock = clock
@@ -191,7 +193,7 @@ class WebhookSink:
 
     def _post(self, record: AuditRecord) -> SinkError | None:
         body = render_body(record)
-        headers = render_headers(record, body, self._key, int(self._clock()))
+        headers = render_headers(record, body, decode_secret(self._secret.reveal()), int(self._clock()))
         try:
             response = self._client.post(self._url.reveal(), content=body, headers=headers)
         except httpx.HTTPError as exc:
@@ -201,6 +203,9 @@ class WebhookSink:
     def send(self, records: Sequence[AuditRecord]) -> DeliveryReport:
         with self._lock:
             return post_each(records, self._post)
+
+    def __repr__(self) -> str:
+        return f"WebhookSink(name={self.name!r}, url={self._url!r}, secret={self._secret!r})"
 
     def close(self) -> None:
         if self._owns_client:

@@ -156,6 +156,10 @@ def test_read_only_commands_do_not_generate_the_demo_token(
         ("postgresql://keytrail@db/keytrail", "postgresql://keytrail@db/keytrail"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
         ("sqlite:///data/keytrail.db", "sqlite:///data/keytrail.db"),
+        # Everything up to the LAST '@' is user info: an unencoded '@' or '/' in a password must not leak its tail.
+        ("redis://:PW1@PW2@redis.internal:6379/0", "redis://:***@redis.internal:6379/0"),
+        ("redis://:pa/ss@redis.internal/0", "redis://:***@redis.internal/0"),
+        ("postgresql://u@db/k?sslmode=require&password=pw", "postgresql://u@db/k?sslmode=require&password=***"),
     ],
 )
 def test_urls_in_messages_never_show_a_password(url: str, shown: str) -> None:
