@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from config import ConfigError, Settings, load_settings
+from config.urls import mask_urls
 from keytrail import __version__
 
 COMMAND_MODULES = (
@@ -68,7 +69,7 @@ def build_parser() -> Parser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit status per class of failure
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -92,4 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`keytrail audit export | head`): not an error; keep Python from complaining at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        # A bug or an environment nobody foresaw: still one line, never a traceback whose locals or message could
+        # hold a secret (URLs in the message are masked); the type names the class of failure for a report.
+        sys.stderr.write(f"keytrail: unexpected {type(exc).__name__}: {mask_urls(str(exc))[:300]}\n")
+        return 70  # EX_SOFTWARE
     return result or 0

@@ -14,8 +14,9 @@ import uvicorn
 
 from config import Settings
 
-# A database of its own: other suites on this Redis use others. KEYTRAIL_TEST_REDIS_URL lets two runs share a Redis.
-REDIS_URL = os.environ.get("KEYTRAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+# A database of its own: other suites on this Redis use others. KT_TEST_REDIS_URL lets two runs share a Redis
+# (not KEYTRAIL_*: the config loader reads those as settings).
+REDIS_URL = os.environ.get("KT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 TOKEN = "test-token-0123456789abcdef"
 SIGNING_SECRET = "whsec-test-signing-secret"
 

@@ -31,7 +31,7 @@ def test_a_wrong_token_is_named(make_settings: SettingsFactory, redis: Redis) ->
 
 
 def another_database(url: str) -> str:
-    """The neighbour database of the test Redis, whatever KEYTRAIL_TEST_REDIS_URL chose."""
+    """The neighbour database of the test Redis, whatever KT_TEST_REDIS_URL chose."""
     parts = urlsplit(url)
     number = int(parts.path.strip("/") or 0)
     return urlunsplit(parts._replace(path=f"/{number ^ 1}"))
