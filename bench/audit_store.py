@@ -28,11 +28,11 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from audit.chain import HmacSigner, verify
+from audit.stores import AuditStore, RecordQuery, open_store
 from config.logging import configure_logging
-from workers.chain import HmacSigner, verify
+from events.records import Activity, Actor, AuditRecord, Entity, EntityType, Severity
 from workers.normalize import record_id
-from workers.records import Activity, Actor, AuditRecord, Entity, EntityType, Severity
-from workers.stores import AuditStore, RecordQuery, open_store
 
 TENANTS = 20
 EVENTS_PER_KEY = 5

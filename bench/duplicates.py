@@ -29,8 +29,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 from fakes.hec import FakeHec
 from worker import HEC_TOKEN, REDIS_URL, events, preload
 
-from config.queues import NORMALIZE_JOB
-from ingest.redaction import Redactor
+from broker.queues import NORMALIZE_JOB
+from events.redaction import Redactor
 
 PG_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/keytrail_test"
 QUIET_SECONDS = 3.0  # no new HEC event for this long after the last record arrived: the run is over

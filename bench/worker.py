@@ -29,8 +29,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from fakes.hec import FakeHec
 
-from config.queues import INGEST_QUEUE, NORMALIZE_JOB, JobSerializer
-from ingest.redaction import Redactor
+from broker.queues import INGEST_QUEUE, NORMALIZE_JOB, JobSerializer
+from events.redaction import Redactor
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 HEC_TOKEN = "bench-hec-token"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from config.datadir import pepper as load_pepper
-from config.queues import (
+from broker.queues import (
     DELIVER_QUEUE,
     INGEST_QUEUE,
     PING_TTL_SECONDS,
@@ -41,13 +40,13 @@ from config.queues import (
     ping_key,
     sink_disabled_key,
 )
+from config.datadir import pepper as load_pepper
 from config.settings import Settings, TenantSettings
-from ingest import api, web
+from events.envelope import event_key, parse_envelope
+from events.redaction import Redactor, TooDeep
 from ingest.committer import AcceptedEvent, CommitFailed, GroupCommitter
-from ingest.envelope import event_key, parse_envelope
 from ingest.health import unserved_queues
 from ingest.metrics import ReceiverMetrics
-from ingest.redaction import Redactor, TooDeep
 from ingest.verification import VerificationFailed, verify_signature, verify_token
 
 log = structlog.get_logger("keytrail.ingest")
@@ -343,8 +342,16 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any], extra: di
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(settings: Settings) -> Receiver:
-    """The receiver. Redis and the committer open in the lifespan; nothing connects at import or build time."""
+def create_app(
+    settings: Settings,
+    *,
+    routes: Sequence[BaseRoute] = (),
+    on_shutdown: Sequence[Callable[[Starlette], None]] = (),
+) -> Receiver:
+    """The receiver. Redis and the committer open in the lifespan; nothing connects at import or build time.
+
+    `routes` are served beside the receiver's own (the command that serves keytrail mounts the audit trail's API
+    and page there); `on_shutdown` callbacks close what those routes opened."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -361,15 +368,15 @@ def create_app(settings: Settings) -> Receiver:
             yield
         finally:
             await committer.stop()
-            api.close(app)
+            for close in on_shutdown:
+                close(app)
             await connection.aclose()
             sync_connection.close()
 
-    routes: list[BaseRoute] = [
+    own: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    routes.extend(api.routes(settings))
-    routes.extend(web.routes())
-    return Receiver(Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}))
+    app = Starlette(routes=[*own, *routes], lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    return Receiver(app)

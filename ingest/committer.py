@@ -22,7 +22,8 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from rq import Queue, Retry
 
-from config.queues import (
+from broker.enqueue import RUN_COMMANDS, UnknownCommandForm, enqueue_atomically, script_args
+from broker.queues import (
     INGEST_QUEUE,
     JOB_RETRY_INTERVALS,
     JOB_RETRY_MAX,
@@ -31,7 +32,6 @@ from config.queues import (
     ingest_consumers_key,
 )
 from config.settings import IngestSettings, WorkerSettings
-from workers.enqueue import RUN_COMMANDS, UnknownCommandForm, enqueue_atomically, script_args
 
 log = structlog.get_logger("keytrail.ingest")
 

@@ -6,7 +6,7 @@ from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
 
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE, alive_key, consumers_key
+from broker.queues import DELIVER_QUEUE, INGEST_QUEUE, alive_key, consumers_key
 
 QUEUES = (INGEST_QUEUE, DELIVER_QUEUE)
 

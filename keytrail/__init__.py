@@ -1,3 +1,5 @@
 """keytrail: The Auth API's key-lifecycle webhooks, verified, durably queued, normalized and shipped."""
 
-__version__ = "0.1.0"
+from events.version import VERSION as __version__
+
+__all__ = ["__version__"]

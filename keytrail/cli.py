@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from config import ConfigError, Settings, load_settings
 from config.urls import mask_urls
-from keytrail import __version__
+from events.version import VERSION as __version__
 
 COMMAND_MODULES = (
     "keytrail.commands.run",

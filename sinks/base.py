@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Protocol, Self, runtime_checkable
 
 from config.settings import SinkSettings
-from workers.records import AuditRecord
+from events.records import AuditRecord
 
 
 class Outcome(StrEnum):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from workers.records import Activity, AuditRecord, Severity
+from events.records import Activity, AuditRecord, Severity
 
 VENDOR = "keytrail"
 PRODUCT = "keytrail"

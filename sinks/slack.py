@@ -26,11 +26,11 @@ from typing import Any, Self
 import httpx
 
 from config.settings import Secret, SinkSettings
+from events.records import AuditRecord
 from sinks.base import DeliveryReport, Outcome
 from sinks.errors import SinkError, SinkRejected, SinkUnavailable
 from sinks.options import Options
 from sinks.webhook import excerpt, network_error, post_each, retry_after_seconds
-from workers.records import AuditRecord
 
 Block = dict[str, Any]
 

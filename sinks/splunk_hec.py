@@ -35,11 +35,11 @@ import httpx
 
 from config.errors import ConfigError
 from config.settings import Secret, SinkSettings, display_url
-from sinks import retry_after
+from events.records import AuditRecord
+from sinks import http as sink_http
 from sinks.base import DeliveryReport, Outcome
 from sinks.errors import SinkDisabled, SinkError, SinkRejected, SinkUnavailable
 from sinks.options import Options
-from workers.records import AuditRecord
 
 EVENT_PATH = "/services/collector/event"
 ACK_PATH = "/services/collector/ack"
@@ -211,7 +211,7 @@ def classify_ack(status: int, body: bytes | Mapping[str, Any]) -> dict[int, bool
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
     """Retry-After as seconds from `now` (see sinks.http), for callers that hold a datetime."""
-    return retry_after.parse_retry_after(value, now=now.timestamp() if now is not None else None)
+    return sink_http.parse_retry_after(value, now=now.timestamp() if now is not None else None)
 
 
 def _payload(body: bytes | Mapping[str, Any]) -> Mapping[str, Any]:

@@ -51,15 +51,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from typing import Literal, Protocol, Self, cast
 
 from config.settings import SinkSettings
+from events.records import AuditRecord
+from events.version import VERSION
 from sinks.base import DeliveryReport, Outcome
 from sinks.cef import cef_truncation_mark, identifying_prefix, render_cef
 from sinks.errors import SinkUnavailable
 from sinks.options import Options
-from workers.records import AuditRecord
 
 Transport = Literal["udp", "tcp", "tls", "relp"]
 Framing = Literal["octet", "newline"]
@@ -224,10 +224,7 @@ def frame(message: bytes, framing: Framing) -> bytes:
 
 
 def keytrail_version() -> str:
-    try:
-        return metadata.version("keytrail")
-    except metadata.PackageNotFoundError:
-        return "0"
+    return VERSION
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -24,18 +24,18 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from typing import Self
 
 import httpx
 
 from config.errors import ConfigError
 from config.settings import Secret, SinkSettings
+from events.records import AuditRecord
+from events.version import VERSION
 from sinks.base import DeliveryReport, Outcome
 from sinks.errors import SinkDisabled, SinkError, SinkRejected, SinkUnavailable
+from sinks.http import parse_retry_after
 from sinks.options import Options
-from sinks.retry_after import parse_retry_after
-from workers.records import AuditRecord
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 # Retry-After larger than this is read as this: a peer cannot park our records for weeks.
@@ -213,7 +213,4 @@ class WebhookSink:
 
 
 def _version() -> str:
-    try:
-        return metadata.version("keytrail")
-    except metadata.PackageNotFoundError:
-        return "0"
+    return VERSION

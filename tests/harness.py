@@ -84,7 +84,7 @@ def write_config(directory: Path, body: str = "", *, redis_url: str = REDIS_URL)
 
 def drain(settings: Settings) -> None:
     """Run both queues' workers in burst mode: everything queued is normalized, stored and delivered."""
-    from config.queues import DELIVER_QUEUE, INGEST_QUEUE
+    from broker.queues import DELIVER_QUEUE, INGEST_QUEUE
     from workers.runner import run_worker
 
     run_worker(settings, INGEST_QUEUE, burst=True)

@@ -17,9 +17,9 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
-from workers.chain import HmacSigner
-from workers.records import Activity, Actor, AuditRecord, Entity, EntityType, Severity
-from workers.stores import AuditStore, open_store
+from audit.chain import HmacSigner
+from audit.stores import AuditStore, open_store
+from events.records import Activity, Actor, AuditRecord, Entity, EntityType, Severity
 
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 PG_DATABASE = "keytrail_test"

@@ -25,13 +25,13 @@ from stores_fixtures import (
 )
 from structlog.testing import capture_logs
 
+from audit import api
+from audit.stores import DeliveryOutcomes, open_store
+from audit.stores.base import FILTERS
 from config import Settings, settings_from_mapping
 from config.datadir import pepper
-from ingest import api
-from ingest.app import create_app
-from ingest.redaction import fingerprint
-from workers.stores import DeliveryOutcomes, open_store
-from workers.stores.base import FILTERS
+from events.redaction import fingerprint
+from keytrail.serving import create_app
 
 TOKENS = ["first-admin-token-0123456789", "second-admin-token-9876543210"]
 RAW_KEY = "live_Qw3rTy5uI7oP9aS1dF3gH5jK7lZ9"

@@ -26,10 +26,10 @@ from schemathesis.checks import (
 )
 from stores_fixtures import make_record, route_all
 
+from audit.stores import DeliveryOutcomes, open_store
+from audit.stores.base import FILTERS
 from config import settings_from_mapping
-from ingest.app import create_app
-from workers.stores import DeliveryOutcomes, open_store
-from workers.stores.base import FILTERS
+from keytrail.serving import create_app
 
 TOKEN = "schema-test-api-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

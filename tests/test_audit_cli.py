@@ -23,14 +23,14 @@ from stores_fixtures import (
     tamper,
 )
 
+from audit.chain import HmacSigner
+from audit.stores import AuditStore, DeliveryOutcomes, RecordQuery, StoredRecord, open_store
 from config import Settings, settings_from_mapping
 from config.datadir import pepper
-from ingest.redaction import fingerprint
+from events.redaction import fingerprint
 from keytrail.cli import main
 from keytrail.commands.audit import _export, record_table
-from workers.chain import HmacSigner
 from workers.normalize import record_id
-from workers.stores import AuditStore, DeliveryOutcomes, RecordQuery, StoredRecord, open_store
 
 RAW_KEY = "live_Zx8kP2mQ9vR4tY7uW1eS5dF3gH6jK0lA"
 

@@ -25,9 +25,8 @@ from stores_fixtures import (  # noqa: F401 - fixtures
 )
 from structlog.testing import capture_logs
 
-from workers.chain import BreakKind, ChainBroken, HmacSigner, prune, verify, write_checkpoints
-from workers.records import GENESIS_HASH, EntityType
-from workers.stores import (
+from audit.chain import BreakKind, ChainBroken, HmacSigner, prune, verify, write_checkpoints
+from audit.stores import (
     AuditStore,
     CheckpointKind,
     DeliveryOutcomes,
@@ -36,8 +35,9 @@ from workers.stores import (
     StoreUnavailable,
     open_store,
 )
-from workers.stores.base import build_query, search_page
-from workers.stores.sqlite import MIGRATIONS, RECORD_COLUMNS, SqliteStore, connect, record_row
+from audit.stores.base import build_query, search_page
+from audit.stores.sqlite import MIGRATIONS, RECORD_COLUMNS, SqliteStore, connect, record_row
+from events.records import GENESIS_HASH, EntityType
 
 FP_A = "fp_" + "a" * 32
 FP_B = "fp_" + "b" * 32
@@ -173,7 +173,7 @@ def vars_of(query: RecordQuery) -> dict[str, object]:
     ],
 )
 def test_bad_filters_say_what_is_wrong(kwargs: dict[str, object], reason: str) -> None:
-    from workers.stores import QueryError
+    from audit.stores import QueryError
 
     with pytest.raises(QueryError, match=reason):
         build_query(fingerprint_of=str, **kwargs)  # type: ignore[arg-type]
@@ -501,7 +501,7 @@ def test_append_writes_periodic_checkpoints_to_the_store_and_the_log(store_url: 
 
 
 def test_unknown_tenant_is_reported(store: AuditStore) -> None:
-    from workers.chain import UnknownTenant
+    from audit.chain import UnknownTenant
 
     with pytest.raises(UnknownTenant):
         verify(store, SIGNER, tenant="nobody")

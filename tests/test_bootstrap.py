@@ -15,14 +15,14 @@ import pytest
 import redis
 import structlog
 
+from authapi.client import AuthApiClient, AuthApiError
+from authapi.fake import FakeAuthApi, FakeState, LoopbackServer
+from authapi.subscriptions import check_drift_all, hook_url, parse_topics
 from config.loader import settings_from_mapping
 from config.logging import configure_logging
 from config.settings import DEFAULT_TOPICS, Secret
 from ingest.app import create_app
 from keytrail.cli import main
-from keytrail.fake_authapi import FakeAuthApi, FakeState, LoopbackServer
-from workers.authapi import AuthApiClient, AuthApiError
-from workers.bootstrap import check_drift_all, hook_url, parse_topics
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 ACCESS_KEY = "test_access_acme_0123456789"

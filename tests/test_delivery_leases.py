@@ -20,11 +20,11 @@ from redis import Redis
 from rq import Queue
 from stores_fixtures import make_record, pg_url_fixture  # noqa: F401 - fixture
 
+from audit.stores import AuditStore, DeliveryState, open_store
+from broker.queues import INGEST_QUEUE, NORMALIZE_JOB, JobSerializer
 from config import Settings
-from config.queues import INGEST_QUEUE, NORMALIZE_JOB, JobSerializer
 from workers.jobs import enqueue_deliveries
 from workers.runtime import Runtime
-from workers.stores import AuditStore, DeliveryState, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 HEC_TOKEN = "11111111-2222-3333-4444-555555555555"

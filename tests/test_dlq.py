@@ -12,8 +12,8 @@ import pytest
 from harness import REDIS_URL, ServerThread, signed_headers, write_config
 from redis import Redis
 
+from broker.queues import DELIVER_QUEUE, INGEST_QUEUE
 from config import load_settings
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE
 from ingest.app import create_app
 from keytrail.cli import main
 from keytrail.simulation import TOPICS, make_delivery

@@ -14,11 +14,11 @@ from harness import ServerThread, SettingsFactory, free_port, wait_until
 from redis import Redis
 from redis.exceptions import RedisError
 
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE
+from audit.stores import RecordQuery, open_store
+from broker.queues import DELIVER_QUEUE, INGEST_QUEUE
 from ingest.app import create_app
 from keytrail.simulation import TOPICS, make_delivery
 from workers.runner import run_worker
-from workers.stores import RecordQuery, open_store
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH")
 

@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from authapi.fake import FakeAuthApi, FakeState, LoopbackServer
+from authapi.fake.strictness import ChangeFault
 from config.settings import DEFAULT_TOPICS
-from keytrail.fake_authapi import FakeAuthApi, FakeState, LoopbackServer
-from keytrail.fake_authapi.strictness import ChangeFault
 
 ACCESS_KEY = "test_access_fake_0123456789"
 ACCOUNT = "acct-1"
@@ -338,7 +338,7 @@ def test_admin_surface_pauses_deletes_and_shows_secrets(stack: ExitStack) -> Non
     assert fake.state.webhooks_in() == []
 
 
-# Stricter readings of the webhook endpoints (keytrail.fake_authapi.strictness).
+# Stricter readings of the webhook endpoints (authapi.fake.strictness).
 
 
 def test_patch_whitelist_ignores_fields_outside_update_dto_and_answers_200(stack: ExitStack) -> None:

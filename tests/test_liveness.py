@@ -13,7 +13,7 @@ import pytest
 from harness import ServerThread, SettingsFactory, signed_headers, wait_until, write_config
 from redis import Redis
 
-from config.queues import INGEST_QUEUE, consumers_key
+from broker.queues import INGEST_QUEUE, consumers_key
 from ingest.app import create_app
 from keytrail.cli import main
 from workers.recovery import Guardian

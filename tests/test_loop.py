@@ -12,14 +12,14 @@ import pytest
 from harness import REDIS_URL, ServerThread, drain, free_port, wait_until, write_config
 from redis import Redis
 
+from audit.stores import RecordQuery, open_store
+from authapi.fake import FakeAuthApi, FakeState
+from broker.queues import DELIVER_QUEUE
 from config import Settings, load_settings
-from config.queues import DELIVER_QUEUE
+from events.records import Activity, EntityType
 from ingest.app import create_app
 from keytrail.cli import main
-from keytrail.fake_authapi import FakeAuthApi, FakeState
-from workers.records import Activity, EntityType
 from workers.runner import run_worker
-from workers.stores import RecordQuery, open_store
 
 ACCESS_KEY = "live_access_looptestaccesskey000001"
 TOKEN = "loop-test-token-0123456789"

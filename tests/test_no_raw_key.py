@@ -26,8 +26,8 @@ from starlette.routing import Route
 
 from config import Settings
 from config.logging import configure_logging
-from ingest.app import create_app
 from keytrail.cli import main
+from keytrail.serving import create_app
 
 HEC_TOKEN = "11111111-2222-3333-4444-555555555555"
 CRM_SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="

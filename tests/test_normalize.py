@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from ingest.envelope import event_key, parse_envelope
-from ingest.redaction import describe, fingerprint, redact
+from events.envelope import event_key, parse_envelope
+from events.records import Activity, AuditRecord, EntityType, Severity
+from events.redaction import describe, fingerprint, redact
 from workers.normalize import normalize
-from workers.records import Activity, AuditRecord, EntityType, Severity
 
 PEPPER = b"test-pepper"
 KEY = "live_Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0"

@@ -7,9 +7,9 @@ from urllib.parse import urlsplit, urlunsplit
 from harness import REDIS_URL, TOKEN, ServerThread, SettingsFactory, free_port
 from redis import Redis
 
+from authapi.subscriptions import diagnose_ping
 from config.settings import Secret, TenantSettings
 from ingest.app import create_app
-from workers.bootstrap import diagnose_ping
 
 
 def tenant(url: str, token: str = TOKEN) -> TenantSettings:

@@ -17,11 +17,11 @@ import pytest
 from harness import REDIS_URL, ServerThread, SettingsFactory, drain, signed_headers, wait_until
 from redis import Redis
 
+from audit.stores import DeliveryState, RecordQuery, open_store
 from config import Settings
 from config.logging import configure_logging
 from ingest.app import create_app
 from keytrail.simulation import TOPICS, make_delivery
-from workers.stores import DeliveryState, RecordQuery, open_store
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 

@@ -12,10 +12,10 @@ from fakes.hec import FakeHec
 from harness import ServerThread, SettingsFactory, drain, wait_until
 from redis import Redis
 
+from audit.stores import DeliveryState, RecordQuery, open_store
 from config import Settings
 from ingest.app import create_app
 from keytrail.simulation import TOPICS, make_delivery
-from workers.stores import DeliveryState, RecordQuery, open_store
 
 HEC_TOKEN = "11111111-2222-3333-4444-555555555555"
 

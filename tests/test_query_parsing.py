@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from stores_fixtures import make_record, route_all
 
-from workers.stores import AuditStore, QueryError, open_store
-from workers.stores.base import (
+from audit.stores import AuditStore, QueryError, open_store
+from audit.stores.base import (
     FILTERS,
     MAX_SEQ,
     ORDERS,

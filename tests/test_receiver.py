@@ -15,9 +15,9 @@ from harness import SIGNING_SECRET, TOKEN, ServerThread, SettingsFactory, signed
 from redis import Redis
 from rq import Queue
 
+from broker.queues import INGEST_QUEUE, JOB_RETRY_MAX, JobSerializer, ping_key
 from config import Settings
 from config.datadir import pepper as load_pepper
-from config.queues import INGEST_QUEUE, JOB_RETRY_MAX, JobSerializer, ping_key
 from ingest.app import create_app
 
 API_KEY = "live_Q2hhbmdlTWVQbGVhc2VJdHNBU2VjcmV0S2V5MDE"

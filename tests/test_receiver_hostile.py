@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from redis import Redis
 from rq import Queue
 
+from broker.queues import INGEST_QUEUE, JobSerializer
 from config import Settings
 from config.logging import configure_logging
-from config.queues import INGEST_QUEUE, JobSerializer
+from events.redaction import MAX_DEPTH, Redactor
 from ingest.app import create_app
-from ingest.redaction import MAX_DEPTH, Redactor
 
 ALLOWED = {200, 202, 400, 401, 404, 405, 413, 415, 503}
 MAX_BODY = 1_000_000

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from key_strategies import payloads
 
-from ingest.redaction import MAX_DEPTH, Redactor, TooDeep, is_redacted
+from events.redaction import MAX_DEPTH, Redactor, TooDeep, is_redacted
 
 REDACTOR = Redactor(b"test-pepper")
 KEY = "live_Q2hhbmdlTWVQbGVhc2VJdHNBU2VjcmV0S2V5MDE"

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bootstrap import ACCESS_KEY, ACCOUNT, PROJECTS, TOKEN, Cli, settings_data, write_config
 
+from authapi.fake import FakeAuthApi, FakeState
+from authapi.fake.strictness import CREATE_WEBHOOK_DTO, UPDATE_WEBHOOK_DTO
+from authapi.subscriptions import Desired, hook_url
 from config.settings import DEFAULT_TOPICS, Secret
-from keytrail.fake_authapi import FakeAuthApi, FakeState
-from keytrail.fake_authapi.strictness import CREATE_WEBHOOK_DTO, UPDATE_WEBHOOK_DTO
-from workers.bootstrap import Desired, hook_url
 
 OURS = hook_url("http://127.0.0.1:9", "acme")
 MODES: dict[str, dict[str, Any]] = {

@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
 
+from audit.stores import DeliveryState, RecordQuery, open_store
 from config import Settings
 from ingest.app import create_app
 from keytrail.simulation import TOPICS, make_delivery
 from workers import runtime
 from workers.jobs import deliver, normalize_batch
-from workers.stores import DeliveryState, RecordQuery, open_store
 
 RECEIVED_AT = "2026-11-28T12:00:00.000Z"
 REGRESSION_TIME = "0001-01-01T00:00:00+01:00"  # year 0 once in UTC: astimezone raised OverflowError

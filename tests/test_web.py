@@ -8,7 +8,7 @@ import httpx
 import pytest
 from harness import ServerThread, SettingsFactory
 
-from ingest.app import create_app
+from keytrail.serving import create_app
 
 API_TOKEN = "web-test-api-token-123"
 

@@ -6,7 +6,6 @@ never delays or duplicates what the others receive.
 
 from __future__ import annotations
 
-import importlib
 import math
 import random
 import time
@@ -18,7 +17,10 @@ import structlog
 from rq import Queue, Retry, get_current_job
 from rq.timeouts import JobTimeoutException
 
-from config.queues import (
+from audit.stores import DeliveryOutcomes
+from authapi.subscriptions import check_drift_all
+from broker.enqueue import enqueue_atomically
+from broker.queues import (
     DELIVER_JOB,
     JOB_RETRY_INTERVALS,
     JOB_RETRY_MAX,
@@ -27,13 +29,11 @@ from config.queues import (
     sink_disabled_key,
 )
 from config.settings import WorkerSettings
-from keytrail import __version__
+from events.records import AuditRecord
+from events.version import VERSION as __version__
 from sinks import DeliveryReport, Outcome, SinkDisabled, SinkRejected, SinkUnavailable
-from workers.enqueue import enqueue_atomically
 from workers.normalize import normalize, unreadable_record
-from workers.records import AuditRecord
 from workers.runtime import current
-from workers.stores import DeliveryOutcomes
 
 log = structlog.get_logger("keytrail.worker")
 DELIVER_CHUNK = 500
@@ -228,6 +228,5 @@ def deliver(sink_name: str, record_ids: list[str]) -> Retry | dict[str, int]:
 
 def check_subscriptions() -> dict[str, int]:
     """Scheduled drift check: compare each tenant's live subscriptions at The Auth API with the desired ones."""
-    bootstrap = importlib.import_module("workers.bootstrap")
-    drifts = bootstrap.check_drift_all(current().settings)
+    drifts = check_drift_all(current().settings)
     return {"drifts": len(drifts)}

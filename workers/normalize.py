@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from ingest.envelope import parse_envelope
-from ingest.redaction import is_redacted
-from workers.records import Activity, Actor, AuditRecord, Entity, EntityType, Severity
+from events.envelope import parse_envelope
+from events.records import Activity, Actor, AuditRecord, Entity, EntityType, Severity
+from events.redaction import is_redacted
 
 ENTITY_BY_RESOURCE = {
     "api-key": EntityType.API_KEY,

@@ -24,7 +24,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 
-from config.queues import (
+from broker.queues import (
     DELIVER_QUEUE,
     DRIFT_CHECK_JOB,
     INGEST_QUEUE,

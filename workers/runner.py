@@ -24,7 +24,7 @@ import structlog
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer
+from broker.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer
 from config.settings import Settings
 from workers import runtime
 from workers.recovery import Guardian

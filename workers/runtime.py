@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from redis import Redis
 from rq import Queue
 
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer
+from audit.stores import AuditStore
+from broker.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer
 from config.settings import Settings
+from events.records import AuditRecord
 from sinks import Sink, build_sink
-from workers.records import AuditRecord
-from workers.stores import AuditStore
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Runtime:
     @classmethod
     def open(cls, settings: Settings, redis: Redis | None = None) -> Runtime:
         connection = redis or Redis.from_url(settings.redis.url, socket_timeout=30, health_check_interval=30)
-        from workers.chain import open_signed_store
+        from audit.chain import open_signed_store
 
         return cls(settings, connection, open_signed_store(settings))
 

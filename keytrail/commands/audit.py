@@ -18,9 +18,9 @@ from keytrail.cli import CliError, settings_from_args
 from keytrail.output import add_format_option, chosen_format
 
 if TYPE_CHECKING:  # the stores are imported by the commands that use them: `keytrail --help` stays fast
+    from audit.stores.base import AuditStore, RecordQuery
     from config.settings import Settings
-    from workers.records import AuditRecord
-    from workers.stores.base import AuditStore, RecordQuery
+    from events.records import AuditRecord
 
 RECORD_FORMATS = ("table", "json", "jsonl", "csv")
 # CSV (search, history, export): one flat row per record; `raw_redacted` and `metadata` stay in the JSON formats.
@@ -57,7 +57,7 @@ RECORD_ID_MAX = 256
 
 def parse_when(value: str, *, now: datetime | None = None) -> str:
     """ISO 8601 (`2026-11-01`, `2026-11-01T10:00:00Z`) or relative to now (`24h`, `7d`) → ISO UTC with `Z`."""
-    from workers.stores.base import QueryError, parse_time
+    from audit.stores.base import QueryError, parse_time
 
     try:
         return parse_time(value, now=now)
@@ -70,7 +70,7 @@ def count(name: str, maximum: int, minimum: int = 1) -> Callable[[str], int]:
     (a bad value is argparse's one-line usage error, exit 2)."""
 
     def parse(value: str) -> int:
-        from workers.stores.base import QueryError, parse_count
+        from audit.stores.base import QueryError, parse_count
 
         try:
             return parse_count(name, value, minimum=minimum, maximum=maximum)
@@ -84,7 +84,7 @@ def text(name: str, max_length: int | None = None) -> Callable[[str], str]:
     """An argparse type: free text as the HTTP API takes it (not blank, bounded, no control characters)."""
 
     def parse(value: str) -> str:
-        from workers.stores.base import MAX_TEXT, QueryError, parse_text
+        from audit.stores.base import MAX_TEXT, QueryError, parse_text
 
         try:
             return parse_text(name, value, max_length=max_length or MAX_TEXT)
@@ -211,9 +211,9 @@ def _query(
     order: str = "newest",
     cursor: str | None = None,
 ) -> RecordQuery:
+    from audit.stores.base import FILTERS, QueryError, build_query
     from config.datadir import pepper
-    from ingest.redaction import fingerprint
-    from workers.stores.base import FILTERS, QueryError, build_query
+    from events.redaction import fingerprint
 
     filters = {name: getattr(args, name, None) for name in FILTERS}
     try:
@@ -231,7 +231,7 @@ def _query(
 
 @contextmanager
 def _store(settings: Settings, *, signer: Any = None) -> Iterator[AuditStore]:
-    from workers.stores import StoreUnavailable, open_store
+    from audit.stores import StoreUnavailable, open_store
 
     try:
         store = open_store(settings.audit.url, signer=signer)
@@ -361,7 +361,7 @@ def _console(stream: TextIO) -> Any:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from workers.stores.base import search_page
+    from audit.stores.base import search_page
 
     settings = settings_from_args(args)
     query = _query(args, settings, limit=args.limit, cursor=args.cursor)
@@ -374,7 +374,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from workers.chain import place_report
+    from audit.chain import place_report
 
     settings = settings_from_args(args)
     with _store(settings) as store:
@@ -573,7 +573,7 @@ def _progress(total: int | None) -> Iterator[Callable[[int], None]]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from workers.chain import HmacSigner, UnknownTenant, verify
+    from audit.chain import HmacSigner, UnknownTenant, verify
 
     settings = settings_from_args(args)
     signer = HmacSigner.from_settings(settings, create=False)
@@ -605,8 +605,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from audit.chain import HmacSigner, write_checkpoints
     from config.logging import configure_logging
-    from workers.chain import HmacSigner, write_checkpoints
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level)
@@ -626,8 +626,8 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from audit.chain import ChainBroken, HmacSigner, UnknownTenant, prune
     from config.logging import configure_logging
-    from workers.chain import ChainBroken, HmacSigner, UnknownTenant, prune
 
     before = parse_when(args.before)
     if not args.dry_run and not args.yes:

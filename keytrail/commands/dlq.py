@@ -8,7 +8,7 @@ from typing import Any
 
 from redis import Redis
 
-from config.queues import DELIVER_QUEUE, JobSerializer, sink_backoff_key, sink_disabled_key
+from broker.queues import DELIVER_QUEUE, JobSerializer, sink_backoff_key, sink_disabled_key
 from keytrail.cli import CliError, settings_from_args
 from keytrail.commands.audit import parse_when
 from keytrail.output import add_format_option, chosen_format, print_rows
@@ -51,7 +51,7 @@ def _query(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from workers.stores import DeliveryState, open_store
+    from audit.stores import DeliveryState, open_store
 
     if args.limit < 1:
         raise CliError("--limit must be at least 1")
@@ -86,8 +86,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     so what is re-sent is exactly what was stored (never a copy kept beside the queue)."""
     from rq import Queue
 
+    from audit.stores import DeliveryState, open_store
     from workers.jobs import enqueue_deliveries
-    from workers.stores import DeliveryState, open_store
 
     settings = settings_from_args(args)
     known = {s.name for s in settings.sinks}

@@ -66,8 +66,8 @@ def with_embedded_defaults(settings: Settings, *, announce: bool, create: bool =
 
 
 def _server(settings: Settings, host: str, port: int) -> uvicorn.Server:
-    from ingest.app import create_app
     from ingest.server import build_server
+    from keytrail.serving import create_app
 
     return build_server(create_app(settings), settings.server, host, port)
 

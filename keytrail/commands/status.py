@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from config.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer, alive_key, consumers_key, sink_disabled_key
+from broker.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer, alive_key, consumers_key, sink_disabled_key
 from config.settings import display_url
 from keytrail.cli import CliError, settings_from_args
 from keytrail.output import add_format_option, chosen_format, print_rows
@@ -78,7 +78,7 @@ def _live_workers(redis: Redis, queue: str) -> int:
 
 
 def _deliveries(url: str) -> dict[str, dict[str, int]]:
-    from workers.stores import StoreUnavailable, open_store
+    from audit.stores import StoreUnavailable, open_store
 
     try:
         store = open_store(url)

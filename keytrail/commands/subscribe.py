@@ -14,12 +14,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from config.logging import configure_logging
-from config.settings import DEFAULT_TOPICS, Settings, TenantSettings
-from keytrail.cli import CliError, settings_from_args
-from keytrail.output import add_format_option, chosen_format, print_rows
-from workers.authapi import AuthApiClient, AuthApiError
-from workers.bootstrap import (
+from authapi.client import AuthApiClient, AuthApiError
+from authapi.convergence import converge_tenant
+from authapi.subscriptions import (
     BootstrapError,
     Change,
     Drift,
@@ -35,7 +32,10 @@ from workers.bootstrap import (
     tenant_projects,
     unsubscribe_project,
 )
-from workers.convergence import converge_tenant
+from config.logging import configure_logging
+from config.settings import DEFAULT_TOPICS, Settings, TenantSettings
+from keytrail.cli import CliError, settings_from_args
+from keytrail.output import add_format_option, chosen_format, print_rows
 
 # A tenant with at least this many projects gets a progress bar (on a terminal only).
 PROGRESS_MIN_PROJECTS = 5
@@ -271,7 +271,7 @@ def cmd_unsubscribe(args: argparse.Namespace) -> int:
 def cmd_fake_authapi(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from keytrail.fake_authapi import FakeState, create_fake_app
+    from authapi.fake import FakeState, create_fake_app
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level)

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Self
 
 from config.settings import SinkSettings
+from events.records import AuditRecord
 from sinks.base import DeliveryReport, Outcome
 from sinks.errors import SinkDisabled, SinkRejected, SinkUnavailable
 from sinks.options import Options
-from workers.records import AuditRecord
 
 
 class SwitchSink:

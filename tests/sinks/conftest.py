@@ -17,7 +17,7 @@ import uvicorn
 from rsyslog_harness import Certs, Rsyslog, Unavailable
 from starlette.types import ASGIApp
 
-from workers.records import Activity, Actor, AuditRecord, Entity, EntityType, Severity
+from events.records import Activity, Actor, AuditRecord, Entity, EntityType, Severity
 
 _counter = itertools.count(1)
 

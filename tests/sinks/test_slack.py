@@ -16,10 +16,10 @@ from starlette.routing import Route
 
 from config.errors import ConfigError
 from config.settings import Secret, SinkSettings
+from events.records import AuditRecord
 from sinks.base import Outcome
 from sinks.errors import SinkRejected, SinkUnavailable
 from sinks.slack import SlackSink, WebhookRevoked, classify, escape, render_message, render_summary
-from workers.records import AuditRecord
 
 MakeRecord = Callable[..., AuditRecord]
 TOKEN = "XXXXsecretTOKEN"

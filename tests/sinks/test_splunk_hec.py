@@ -16,6 +16,7 @@ import pytest
 
 from config.errors import ConfigError
 from config.settings import Secret, SinkSettings
+from events.records import Activity, Actor, AuditRecord, Entity, EntityType, Severity
 from sinks.base import DeliveryReport, Outcome
 from sinks.errors import SinkDisabled, SinkError, SinkRejected, SinkUnavailable
 from sinks.splunk_hec import (
@@ -32,7 +33,6 @@ from sinks.splunk_hec import (
     render_event,
 )
 from tests.fakes.hec import ENVELOPE_KEYS, FakeHec, check_envelope, parse_batch
-from workers.records import Activity, Actor, AuditRecord, Entity, EntityType, Severity
 
 TOKEN = "9d5c7a1e-2b3f-4c6d-8e9f-a0b1c2d3e4f5"
 OTHER_TOKEN = "0a0a0a0a-1b1b-2c2c-3d3d-4e4e4e4e4e4e"

@@ -14,6 +14,7 @@ from rsyslog_harness import Rsyslog, event_id_of
 
 from config.errors import ConfigError
 from config.settings import SinkSettings
+from events.records import AuditRecord, Severity
 from sinks.base import Outcome
 from sinks.cef import escape_extension, escape_header, render_cef
 from sinks.errors import SinkUnavailable
@@ -33,7 +34,6 @@ from sinks.syslog import (
     render_rfc5424,
     rfc3339,
 )
-from workers.records import AuditRecord, Severity
 
 MakeRecord = Callable[..., AuditRecord]
 HEADER = Header(facility=10, hostname="kt-test-host", app_name="keytrail", sd_id="keytrail@32473")

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from rsyslog_harness import Rsyslog, event_id_of
 
 from config.settings import SinkSettings
+from events.records import Actor, AuditRecord
 from sinks.base import Outcome
 from sinks.cef import cef_truncation_mark, render_cef
 from sinks.syslog import (
@@ -28,7 +29,6 @@ from sinks.syslog import (
     render_rfc5424,
     truncate_utf8,
 )
-from workers.records import Actor, AuditRecord
 
 MakeRecord = Callable[..., AuditRecord]
 HEADER = Header(facility=10, hostname="kt-test-host", app_name="keytrail", sd_id="keytrail@32473")

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from config.errors import ConfigError
 from config.settings import Secret, SinkSettings
+from events.records import AuditRecord
 from sinks.base import Outcome
 from sinks.errors import SinkDisabled, SinkRejected, SinkUnavailable
 from sinks.webhook import (
@@ -31,7 +32,6 @@ from sinks.webhook import (
     retry_after_seconds,
     sign,
 )
-from workers.records import AuditRecord
 
 MakeRecord = Callable[..., AuditRecord]
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()

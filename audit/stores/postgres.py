@@ -22,8 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import IsolationLevel
 
-from workers.records import GENESIS_HASH, AuditRecord
-from workers.stores.base import (
+from audit.stores.base import (
     CHECKPOINT_EVERY,
     AppendResult,
     ChainHead,
@@ -41,7 +40,7 @@ from workers.stores.base import (
     StoredRecord,
     StoreUnavailable,
 )
-from workers.stores.sqlite import (
+from audit.stores.sqlite import (
     CHAIN_COLUMNS,
     CHECKPOINT_COLUMNS,
     DELIVERY_COLUMNS,
@@ -59,6 +58,7 @@ from workers.stores.sqlite import (
     record_from_body,
     record_row,
 )
+from events.records import GENESIS_HASH, AuditRecord
 
 # Advisory lock keys (any constants; they only have to differ from other applications' on the same database).
 MIGRATION_LOCK = 0x6B65797472_01

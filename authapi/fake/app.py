@@ -15,9 +15,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from keytrail.fake_authapi.entities import Json
-from keytrail.fake_authapi.errors import FakeApiError
-from keytrail.fake_authapi.state import FakeState, RecordedRequest
+from authapi.fake.entities import Json
+from authapi.fake.errors import FakeApiError
+from authapi.fake.state import FakeState, RecordedRequest
 
 
 @dataclass(frozen=True, slots=True)

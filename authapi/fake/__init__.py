@@ -14,8 +14,8 @@ One module per part: `state` (the state and its operations), `entities` (their s
 
 from __future__ import annotations
 
-from keytrail.fake_authapi.app import create_fake_app
-from keytrail.fake_authapi.server import FakeAuthApi, LoopbackServer
-from keytrail.fake_authapi.state import FakeState
+from authapi.fake.app import create_fake_app
+from authapi.fake.server import FakeAuthApi, LoopbackServer
+from authapi.fake.state import FakeState
 
 __all__ = ["FakeAuthApi", "FakeState", "LoopbackServer", "create_fake_app"]

@@ -1,6 +1,6 @@
 """The audit API described in OpenAPI 3.1 (`GET /api/openapi.json`): every parameter with its bounds, every answer.
 
-The bounds are the parser's own (`workers.stores.base`), so a client that keeps to this document never gets a 400
+The bounds are the parser's own (`audit.stores.base`), so a client that keeps to this document never gets a 400
 for a value's shape, and a schema-driven fuzzer (schemathesis, in the tests) can check every answer against it.
 """
 
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingest.api import DEFAULT_LIMIT, MAX_LIMIT, MAX_RECORD_ID
-from workers.stores.base import MAX_CURSOR, MAX_TEXT, MAX_TIME_TEXT, ORDERS
+from audit.api import DEFAULT_LIMIT, MAX_LIMIT, MAX_RECORD_ID
+from audit.stores.base import MAX_CURSOR, MAX_TEXT, MAX_TIME_TEXT, ORDERS
+from events.version import VERSION
 
 # No control characters: the parser refuses them (NUL cannot be stored in PostgreSQL text). ECMA-262 syntax.
 PRINTABLE = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
@@ -19,13 +20,11 @@ INTEGER: dict[str, Any] = {"type": "integer"}
 
 
 def document() -> dict[str, Any]:
-    from keytrail import __version__
-
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "keytrail audit API",
-            "version": __version__,
+            "version": VERSION,
             "description": "The audit trail of The Auth API key-lifecycle events: query, inspect, verify. Every "
             "answer is JSON. A parameter this document does not list, a parameter given twice, or a value outside "
             "its bounds is a 400 whose `error` says which and why.",

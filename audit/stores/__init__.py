@@ -5,9 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from config.errors import ConfigError
-from config.settings import display_url
-from workers.stores.base import (
+from audit.stores.base import (
     CHECKPOINT_EVERY,
     AppendResult,
     AuditStore,
@@ -25,6 +23,8 @@ from workers.stores.base import (
     StoredRecord,
     StoreUnavailable,
 )
+from config.errors import ConfigError
+from config.settings import display_url
 
 __all__ = [
     "AppendResult",
@@ -53,12 +53,12 @@ def open_store(
 
     With a `signer`, append writes a signed checkpoint whenever a tenant's chain grew by `checkpoint_every`."""
     if url.startswith("sqlite:///"):
-        from workers.stores.sqlite import SqliteStore
+        from audit.stores.sqlite import SqliteStore
 
         return SqliteStore(Path(url.removeprefix("sqlite:///")), signer=signer, checkpoint_every=checkpoint_every)
     if url.startswith(("postgresql://", "postgres://")):
         try:
-            postgres = importlib.import_module("workers.stores.postgres")
+            postgres = importlib.import_module("audit.stores.postgres")
         except ImportError as exc:
             raise ConfigError([f"audit.url: PostgreSQL store unavailable ({exc})"]) from None
         store: AuditStore = postgres.PostgresStore(url, signer=signer, checkpoint_every=checkpoint_every)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from authapi.fake.errors import FakeApiError
 from config.settings import DEFAULT_TOPICS
-from keytrail.fake_authapi.errors import FakeApiError
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 

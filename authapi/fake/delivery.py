@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from keytrail.fake_authapi.entities import Json, timestamp
+from authapi.fake.entities import Json, timestamp
 
 
 @dataclass(frozen=True, slots=True)

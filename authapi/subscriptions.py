@@ -2,7 +2,7 @@
 
 A tenant's desired state is one subscription per project, found by its URL (`{public_url}/hooks/theauthapi/{tenant}`):
 topics, `httpMethod` POST, `customHeaders` carrying `X-Keytrail-Token`, `status` live. `plan_tenant` compares it with
-what the API holds, `workers.convergence` makes it so, `check_drift_all` is the scheduled read-only comparison, and
+what the API holds, `authapi.convergence` makes it so, `check_drift_all` is the scheduled read-only comparison, and
 `send_ping` + `wait_for_ping` prove a request really travels The Auth API → receiver → Redis.
 
 Requests carry only the fields of the spec's DTO for that request (`CREATE_FIELDS`, `UPDATE_FIELDS`): a NestJS
@@ -24,9 +24,9 @@ import httpx
 import redis
 import structlog
 
-from config.queues import ping_key
+from authapi.client import AuthApiClient, AuthApiError
+from broker.queues import ping_key
 from config.settings import DEFAULT_TOPICS, Secret, Settings, TenantSettings
-from workers.authapi import AuthApiClient, AuthApiError
 
 log = structlog.get_logger(__name__)
 

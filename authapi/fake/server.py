@@ -10,8 +10,8 @@ from typing import Self
 import uvicorn
 from starlette.types import ASGIApp
 
-from keytrail.fake_authapi.app import create_fake_app
-from keytrail.fake_authapi.state import FakeState
+from authapi.fake.app import create_fake_app
+from authapi.fake.state import FakeState
 
 
 class LoopbackServer:

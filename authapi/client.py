@@ -11,14 +11,14 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
-from importlib import metadata
 from typing import Any, Self
 
 import httpx
 import structlog
 
 from config.settings import Secret, Settings, TenantSettings
-from sinks.retry_after import parse_retry_after
+from events.version import VERSION
+from sinks.http import parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -45,10 +45,7 @@ class AuthApiError(Exception):
 
 
 def _user_agent() -> str:
-    try:
-        return f"keytrail/{metadata.version('keytrail')}"
-    except metadata.PackageNotFoundError:
-        return "keytrail"
+    return f"keytrail/{VERSION}"
 
 
 def error_message(response: httpx.Response) -> str:

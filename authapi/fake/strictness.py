@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from keytrail.fake_authapi.errors import FakeApiError
+from authapi.fake.errors import FakeApiError
 
 ChangeFault = Literal["error", "drop"]
 

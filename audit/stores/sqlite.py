@@ -21,8 +21,7 @@ from typing import Any
 
 import structlog
 
-from workers.records import GENESIS_HASH, AuditRecord
-from workers.stores.base import (
+from audit.stores.base import (
     CHECKPOINT_EVERY,
     AppendResult,
     ChainHead,
@@ -40,6 +39,7 @@ from workers.stores.base import (
     StoredRecord,
     StoreUnavailable,
 )
+from events.records import GENESIS_HASH, AuditRecord
 
 log = structlog.get_logger("keytrail.audit")
 STREAM_BATCH = 2000

@@ -22,9 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from config.settings import Settings
-from workers.stores import AuditStore, QueryError, StoreUnavailable, open_store
-from workers.stores.base import (
+from audit.stores import AuditStore, QueryError, StoreUnavailable, open_store
+from audit.stores.base import (
     FILTERS,
     build_query,
     parse_count,
@@ -32,6 +31,7 @@ from workers.stores.base import (
     quoted,
     search_page,
 )
+from config.settings import Settings
 
 log = structlog.get_logger("keytrail.api")
 STATE_ATTRIBUTE = "keytrail_audit_api"  # app.state.keytrail is the receiver's; this one is the API's own
@@ -79,7 +79,7 @@ class AuditApi:
 
     def fingerprint(self, raw_key: str) -> str:
         from config.datadir import pepper
-        from ingest.redaction import fingerprint
+        from events.redaction import fingerprint
 
         if self._pepper is None:
             self._pepper = pepper(self.settings)
@@ -186,7 +186,7 @@ async def list_records(api: AuditApi, request: Request) -> Response:
 
 async def get_record(api: AuditApi, request: Request) -> Response:
     """`GET /api/audit/records/{id}`: the record, its place in the chain, and its delivery state per sink."""
-    from workers.chain import place_report
+    from audit.chain import place_report
 
     single_values(request.query_params, ())
     record_id = parse_text("record id", request.path_params["record_id"], max_length=MAX_RECORD_ID)
@@ -209,7 +209,7 @@ async def get_record(api: AuditApi, request: Request) -> Response:
 async def verify_chains(api: AuditApi, request: Request) -> Response:
     """`GET /api/audit/verify[?tenant=]`: every chain recomputed and every checkpoint checked. 200 either way;
     `ok` says whether anything is broken."""
-    from workers.chain import HmacSigner, UnknownTenant, verify
+    from audit.chain import HmacSigner, UnknownTenant, verify
 
     params = single_values(request.query_params, ("tenant",))
     tenant = parse_text("tenant", params["tenant"]) if "tenant" in params else None
@@ -225,7 +225,7 @@ async def verify_chains(api: AuditApi, request: Request) -> Response:
 
 async def openapi(api: AuditApi, request: Request) -> Response:
     """`GET /api/openapi.json`: this API described (no token needed: it holds no data)."""
-    from ingest.openapi import document
+    from audit.openapi import document
 
     single_values(request.query_params, ())
     return JSONResponse(document())

@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from config.settings import Settings
-from workers.records import GENESIS_HASH, AuditRecord, chain_hash
-from workers.stores import open_store
-from workers.stores.base import (
+from audit.stores import open_store
+from audit.stores.base import (
     AuditStore,
     ChainHead,
     ChainPlace,
@@ -31,6 +29,8 @@ from workers.stores.base import (
     CheckpointKind,
     PruneResult,
 )
+from config.settings import Settings
+from events.records import GENESIS_HASH, AuditRecord, chain_hash
 
 KEY_FILE = "checkpoint-key"
 

@@ -27,7 +27,7 @@ FILES = {
 
 def routes() -> list[BaseRoute]:
     """The page's routes. The files are read once here; the data they show needs the API's token."""
-    folder = resources.files("ingest") / "web"
+    folder = resources.files("audit") / "page"
     served: list[BaseRoute] = []
     for path, (name, media_type) in FILES.items():
         content = (folder / name).read_bytes()

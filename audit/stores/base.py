@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from workers.records import AuditRecord, EntityType
+from events.records import AuditRecord, EntityType
 
 CHECKPOINT_EVERY = 1000  # records per tenant between periodic checkpoints: one HMAC and one row per thousand
 
@@ -154,7 +154,7 @@ class CheckpointKind(StrEnum):
 
 
 class CheckpointSigner(Protocol):
-    """Signs checkpoints with a key kept outside the store (see `workers.chain.HmacSigner`)."""
+    """Signs checkpoints with a key kept outside the store (see `audit.chain.HmacSigner`)."""
 
     key_id: str
 

@@ -19,9 +19,8 @@ from typing import Any
 
 import structlog
 
-from config.settings import TenantSettings
-from workers.authapi import AuthApiClient, AuthApiError
-from workers.bootstrap import (
+from authapi.client import AuthApiClient, AuthApiError
+from authapi.subscriptions import (
     Action,
     BootstrapError,
     Change,
@@ -33,6 +32,7 @@ from workers.bootstrap import (
     plan_account_wide,
     plan_project,
 )
+from config.settings import TenantSettings
 
 log = structlog.get_logger(__name__)
 

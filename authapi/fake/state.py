@@ -12,11 +12,10 @@ from typing import Any, Literal
 
 import httpx
 
-from config.settings import DEFAULT_TOPICS
-from keytrail.fake_authapi.delivery import Deliverer, DeliveryAttempt
-from keytrail.fake_authapi.entities import Json, access_key_entity, audit_base, project_entity, random_token, timestamp
-from keytrail.fake_authapi.errors import FAULT_MESSAGES, FORBIDDEN, FakeApiError, not_found
-from keytrail.fake_authapi.strictness import (
+from authapi.fake.delivery import Deliverer, DeliveryAttempt
+from authapi.fake.entities import Json, access_key_entity, audit_base, project_entity, random_token, timestamp
+from authapi.fake.errors import FAULT_MESSAGES, FORBIDDEN, FakeApiError, not_found
+from authapi.fake.strictness import (
     CREATE_WEBHOOK_DTO,
     TEST_WEBHOOK_DTO,
     UPDATE_WEBHOOK_DTO,
@@ -24,7 +23,7 @@ from keytrail.fake_authapi.strictness import (
     ChangeFaults,
     Strictness,
 )
-from keytrail.fake_authapi.validation import (
+from authapi.fake.validation import (
     ACCESS_KEY_CREATE,
     API_KEY_CREATE,
     API_KEY_UPDATE,
@@ -38,6 +37,7 @@ from keytrail.fake_authapi.validation import (
     query_int,
     validate,
 )
+from config.settings import DEFAULT_TOPICS
 
 TopicsShape = Literal["strings", "objects", "missing"]
 PingHeadersField = Literal["both", "headers", "customHeaders"]
