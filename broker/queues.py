@@ -4,6 +4,7 @@ import orjson
 
 INGEST_QUEUE = "ingest"
 DELIVER_QUEUE = "deliver"
+QUEUES = (INGEST_QUEUE, DELIVER_QUEUE)  # every queue; a worker process consumes one (workers/runner.py)
 # By import path, so the receiver enqueues without importing the workers' code.
 NORMALIZE_JOB = "workers.jobs.normalize_batch"
 DELIVER_JOB = "workers.jobs.deliver"
@@ -49,6 +50,21 @@ def ingest_consumers_key() -> str:
 
 def sink_backoff_key(sink: str) -> str:
     return f"keytrail:sink:{sink}:backoff_until"
+
+
+def recovering_key(job_id: str) -> str:
+    """Held for a few seconds by the one worker that requeues a dead worker's job, so no other requeues it too."""
+    return f"keytrail:recovering:{job_id}"
+
+
+def drift_check_key() -> str:
+    """Held for one drift-check interval by the worker that enqueued the check: one check per interval in all."""
+    return "keytrail:drift-check:scheduled"
+
+
+def decoded(raw: bytes | str) -> str:
+    """A name as Redis hands it back (bytes: keytrail's clients do not decode replies)."""
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 class JobSerializer:

@@ -21,32 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from config.errors import ConfigError
-from config.settings import (
-    ApiSettings,
-    AuditSettings,
-    AuthApiSettings,
-    IngestSettings,
-    RedisSettings,
-    Secret,
-    ServerSettings,
-    Settings,
-    SinkSettings,
-    TenantSettings,
-    WorkerSettings,
-)
+from config.settings import SECTIONS, Secret, Settings, SinkSettings, TenantSettings
 from config.urls import url_problems
 
 ENV_PREFIX = "KEYTRAIL_"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-SECTIONS: dict[str, type[Any]] = {
-    "server": ServerSettings,
-    "redis": RedisSettings,
-    "ingest": IngestSettings,
-    "worker": WorkerSettings,
-    "audit": AuditSettings,
-    "api": ApiSettings,
-    "authapi": AuthApiSettings,
-}
 SINK_COMMON = {"name", "type", "topics", "tenants", "exclude_topics"}
 # Sink option names whose literal values are secrets. A URL counts: a Slack or CRM webhook URL is the credential
 # itself, and any URL may carry user info; masking a harmless one costs nothing.

@@ -182,3 +182,15 @@ class Settings:
     sinks: tuple[SinkSettings, ...] = ()
     # Where the settings came from, for `config check` and error messages ("embedded defaults" or a path).
     source: str = "embedded defaults"
+
+
+# The config file's tables that each fill one section of `Settings` (`tenants` and `sinks` are read on their own).
+SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "redis": RedisSettings,
+    "ingest": IngestSettings,
+    "worker": WorkerSettings,
+    "audit": AuditSettings,
+    "api": ApiSettings,
+    "authapi": AuthApiSettings,
+}

@@ -16,7 +16,8 @@ from redis import Redis
 from broker.queues import INGEST_QUEUE, consumers_key
 from ingest.app import create_app
 from keytrail.cli import main
-from workers.recovery import Guardian
+from workers.guardian import Guardian
+from workers.liveness import Liveness
 
 ENVELOPE = {"id": "evt-live-0001", "topic": "api-key.created", "createdAt": "2026-11-28T10:00:00.000Z", "data": {}}
 
@@ -35,7 +36,7 @@ def test_readyz_is_503_while_a_queue_with_work_has_no_live_worker(make_settings:
         assert "queue ingest has 1 jobs waiting and no live worker" in stalled.json()["reason"]
 
         # A worker of another queue does not serve this one.
-        Guardian(redis, "deliver-worker", settings, queue="deliver").heartbeat()
+        Liveness(redis, "deliver-worker", ttl_seconds=settings.worker.liveness_ttl_seconds, queue="deliver").beat()
         assert client.get("/readyz").status_code == 503
 
         consumer = Guardian(redis, "ingest-worker", settings, queue=INGEST_QUEUE)
@@ -47,7 +48,7 @@ def test_readyz_is_503_while_a_queue_with_work_has_no_live_worker(make_settings:
         assert client.get("/readyz").status_code == 503
 
         # A killed worker deletes nothing: its last heartbeat lapses after the liveness TTL.
-        Guardian(redis, "killed-worker", settings, queue=INGEST_QUEUE).heartbeat()
+        Liveness(redis, "killed-worker", ttl_seconds=settings.worker.liveness_ttl_seconds, queue=INGEST_QUEUE).beat()
         assert client.get("/readyz").status_code == 200
         assert wait_until(lambda: client.get("/readyz").status_code == 503, timeout=10)
 

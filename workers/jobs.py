@@ -18,7 +18,7 @@ from rq import Queue, Retry, get_current_job
 from rq.timeouts import JobTimeoutException
 
 from audit.stores import DeliveryOutcomes
-from authapi.subscriptions import check_drift_all
+from authapi.drift import check_drift_all
 from broker.enqueue import enqueue_atomically
 from broker.queues import (
     DELIVER_JOB,
@@ -30,7 +30,7 @@ from broker.queues import (
 )
 from config.settings import WorkerSettings
 from events.records import AuditRecord
-from events.version import VERSION as __version__
+from events.version import VERSION
 from sinks import DeliveryReport, Outcome, SinkDisabled, SinkRejected, SinkUnavailable
 from workers.normalize import normalize, unreadable_record
 from workers.runtime import current
@@ -50,13 +50,13 @@ def normalize_one(event: Any) -> AuditRecord:
     """The event's record, or its unreadable record when anything about it defeats the normalizer: one event
     never fails the batch it came in (the batch would be retried for hours, its neighbours held back with it)."""
     try:
-        return normalize(event, version=__version__)
+        return normalize(event, version=VERSION)
     except JobTimeoutException:
         raise  # RQ's job timeout is about the whole job, not this event
     except Exception as exc:  # not swallowed: the event is kept as an unreadable record, and logged
         tenant = event.get("tenant") if isinstance(event, dict) else None
         log.warning("event_unreadable", tenant=tenant if isinstance(tenant, str) else None, error=type(exc).__name__)
-        return unreadable_record(event, version=__version__, error=type(exc).__name__)
+        return unreadable_record(event, version=VERSION, error=type(exc).__name__)
 
 
 def normalize_batch(events: list[dict[str, Any]]) -> dict[str, int]:

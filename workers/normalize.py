@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,6 +17,7 @@ import orjson
 from events.envelope import parse_envelope
 from events.records import Activity, Actor, AuditRecord, Entity, EntityType, Severity
 from events.redaction import is_redacted
+from events.times import format_utc, utc_or_none
 
 ENTITY_BY_RESOURCE = {
     "api-key": EntityType.API_KEY,
@@ -54,7 +54,7 @@ def record_id(tenant: str, event_id: str, received_at: str) -> str:
     Time-ordered: the receipt time in milliseconds (12 hex digits), then 12 hex digits of a hash of tenant and
     event id. New records land at the end of the id indexes instead of on random pages, so appends do not slow
     down as the store grows."""
-    moment = _parse_time(received_at)
+    moment = utc_or_none(received_at)
     millis = max(0, int(moment.timestamp() * 1000)) if moment else 0
     digest = hashlib.sha256(f"{tenant}\n{event_id}".encode("utf-8", "surrogatepass")).hexdigest()
     return f"rec_{millis:012x}" + digest[:12]
@@ -76,26 +76,10 @@ def infer_entity_type(entity: dict[str, Any]) -> EntityType:
     return EntityType.UNKNOWN
 
 
-def _parse_time(value: Any) -> datetime | None:
-    """An aware UTC datetime, or None when the value is not a time or lies outside what a datetime holds once in
-    UTC (`0001-01-01T00:00:00+01:00` is year 0 in UTC; `9999-12-31T23:59:59-01:00` is year 10000)."""
-    if not isinstance(value, str) or not value or len(value) > 64:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
-    except (ValueError, OverflowError, TypeError):
-        return None
-
-
 def normalize_time(value: Any) -> str | None:
-    """ISO 8601 in UTC with milliseconds and `Z`, or None when the value is not a usable time."""
-    parsed = _parse_time(value)
-    if parsed is None:
-        return None
-    return parsed.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 in UTC with milliseconds and `Z`, or None when the value is not a usable time (see events.times)."""
+    parsed = utc_or_none(value)
+    return None if parsed is None else format_utc(parsed)
 
 
 def _utf8(value: str) -> str:

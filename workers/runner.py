@@ -1,4 +1,4 @@
-"""Runs keytrail's RQ workers: one process per queue, each a SimpleWorker with a recovery guardian.
+"""Runs keytrail's RQ workers: one process per queue, each a SimpleWorker with a guardian thread (workers/guardian.py).
 
 Why SimpleWorker: the jobs are keytrail's own, short and bounded by a timeout. Not forking a work horse per job
 keeps the audit store connection and the sinks' connections (HEC keep-alive, syslog/RELP sessions) warm across
@@ -24,13 +24,12 @@ import structlog
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from broker.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer
+from broker.queues import JobSerializer
 from config.settings import Settings
 from workers import runtime
-from workers.recovery import Guardian
+from workers.guardian import Guardian
 
 log = structlog.get_logger("keytrail.worker")
-QUEUES = (INGEST_QUEUE, DELIVER_QUEUE)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -56,12 +55,12 @@ def run_worker(settings: Settings, queue: str, *, burst: bool = False, with_sche
     )
     guardian = Guardian(redis, name, settings, queue=queue if with_scheduler else None)
     guardian.start()
-    recovered = guardian.recover()
+    recovered = guardian.sweep()
     guardian.schedule()  # due retries first, also in burst mode
     log.info("worker_started", queue=queue, name=name, recovered=recovered)
     try:
         level = "DEBUG" if settings.log_level == "debug" else "WARNING"  # RQ logs lines per job at INFO
-        # RQ's own scheduler would fork a process per worker; the guardian thread schedules instead (see there).
+        # RQ's own scheduler would fork a process per worker; the guardian thread schedules (workers/scheduling.py).
         return bool(worker.work(burst=burst, with_scheduler=False, logging_level=level))
     finally:
         guardian.stop()

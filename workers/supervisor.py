@@ -18,7 +18,8 @@ from pathlib import Path
 
 import structlog
 
-from workers.runner import QUEUES, spawn_worker, stop_children
+from broker.queues import QUEUES
+from workers.runner import spawn_worker, stop_children
 
 log = structlog.get_logger("keytrail.supervisor")
 RESTART_BASE_SECONDS = 1.0
