@@ -22,15 +22,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from audit.stores import AuditStore, QueryError, StoreUnavailable, open_store
-from audit.stores.base import (
+from audit.queries import (
     FILTERS,
+    QueryError,
     build_query,
     parse_count,
     parse_text,
     quoted,
     search_page,
 )
+from audit.stores import AuditStore, StoreUnavailable, open_store
 from config.settings import Settings
 
 log = structlog.get_logger("keytrail.api")

@@ -1,4 +1,4 @@
-"""Tamper evidence for the audit trail: the checkpoint key, signed checkpoints, `verify` and `prune`.
+"""Tamper evidence for the audit trail: signed checkpoints, `verify` and `prune` (the key: config/datadir.py).
 
 Each tenant's records form a hash chain (`AuditRecord.chained`). The chain alone shows an edited, deleted or
 inserted row, but not a rewrite of the whole tail (recompute every hash from some record on). Checkpoints close
@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import secrets
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -29,30 +27,9 @@ from audit.stores.base import (
     CheckpointKind,
     PruneResult,
 )
+from config.datadir import checkpoint_key
 from config.settings import Settings
 from events.records import GENESIS_HASH, AuditRecord, chain_hash
-
-KEY_FILE = "checkpoint-key"
-
-
-def checkpoint_key(settings: Settings, *, create: bool = True) -> bytes | None:
-    """The checkpoint signing key, `<data_dir>/checkpoint-key` (0600), generated on first use when `create`.
-
-    It must never live in the audit store: whoever can rewrite the store must not be able to re-sign it. Workers
-    on several machines, and whoever runs `verify`, need the same key: copy the file (or mount it) to each."""
-    path = settings.data_dir / KEY_FILE
-    if not create:
-        return path.read_text(encoding="utf-8").strip().encode() if path.exists() else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # O_EXCL: two processes starting together agree on one key instead of overwriting each other.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text(encoding="utf-8").strip().encode()
-    key = secrets.token_hex(32)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(key + "\n")
-    return key.encode()
 
 
 class HmacSigner:

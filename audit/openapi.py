@@ -1,6 +1,6 @@
 """The audit API described in OpenAPI 3.1 (`GET /api/openapi.json`): every parameter with its bounds, every answer.
 
-The bounds are the parser's own (`audit.stores.base`), so a client that keeps to this document never gets a 400
+The bounds are the parser's own (`audit.queries`), so a client that keeps to this document never gets a 400
 for a value's shape, and a schema-driven fuzzer (schemathesis, in the tests) can check every answer against it.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from audit.api import DEFAULT_LIMIT, MAX_LIMIT, MAX_RECORD_ID
-from audit.stores.base import MAX_CURSOR, MAX_TEXT, MAX_TIME_TEXT, ORDERS
+from audit.queries import MAX_CURSOR, MAX_TEXT, MAX_TIME_TEXT, ORDERS
 from events.version import VERSION
 
 # No control characters: the parser refuses them (NUL cannot be stored in PostgreSQL text). ECMA-262 syntax.

@@ -26,8 +26,8 @@ from stores_fixtures import (
 from structlog.testing import capture_logs
 
 from audit import api
+from audit.queries import FILTERS
 from audit.stores import DeliveryOutcomes, open_store
-from audit.stores.base import FILTERS
 from config import Settings, settings_from_mapping
 from config.datadir import pepper
 from events.redaction import fingerprint

@@ -26,8 +26,8 @@ from schemathesis.checks import (
 )
 from stores_fixtures import make_record, route_all
 
+from audit.queries import FILTERS
 from audit.stores import DeliveryOutcomes, open_store
-from audit.stores.base import FILTERS
 from config import settings_from_mapping
 from keytrail.serving import create_app
 

@@ -26,6 +26,7 @@ from stores_fixtures import (  # noqa: F401 - fixtures
 from structlog.testing import capture_logs
 
 from audit.chain import BreakKind, ChainBroken, HmacSigner, prune, verify, write_checkpoints
+from audit.queries import build_query, search_page
 from audit.stores import (
     AuditStore,
     CheckpointKind,
@@ -35,8 +36,8 @@ from audit.stores import (
     StoreUnavailable,
     open_store,
 )
-from audit.stores.base import build_query, search_page
-from audit.stores.sqlite import MIGRATIONS, RECORD_COLUMNS, SqliteStore, connect, record_row
+from audit.stores.sqlite import MIGRATIONS, SqliteStore, connect
+from audit.stores.tables import RECORD_COLUMNS, record_row
 from events.records import GENESIS_HASH, EntityType
 
 FP_A = "fp_" + "a" * 32
@@ -173,7 +174,7 @@ def vars_of(query: RecordQuery) -> dict[str, object]:
     ],
 )
 def test_bad_filters_say_what_is_wrong(kwargs: dict[str, object], reason: str) -> None:
-    from audit.stores import QueryError
+    from audit.queries import QueryError
 
     with pytest.raises(QueryError, match=reason):
         build_query(fingerprint_of=str, **kwargs)  # type: ignore[arg-type]
@@ -623,9 +624,10 @@ def test_every_sqlite_connection_is_durable_at_commit(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "audit.db")
     try:
         store.append([make_record(0)], route_all)  # a writing store also runs the checkpointer, on `connect()`
-        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # the writer
+        with store.dialect.read() as writer:
+            assert writer.one("PRAGMA synchronous")[0] == 2  # the writer
         with store.snapshot() as snapshot:
-            assert snapshot._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # a reader
+            assert snapshot.session.one("PRAGMA synchronous")[0] == 2  # a reader
         with closing(connect(tmp_path / "audit.db")) as checkpointer:
             assert checkpointer.execute("PRAGMA synchronous").fetchone()[0] == 2
     finally:

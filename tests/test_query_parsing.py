@@ -15,11 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from stores_fixtures import make_record, route_all
 
-from audit.stores import AuditStore, QueryError, open_store
-from audit.stores.base import (
+from audit.queries import (
     FILTERS,
     MAX_SEQ,
     ORDERS,
+    QueryError,
     build_query,
     decode_cursor,
     encode_cursor,
@@ -28,6 +28,7 @@ from audit.stores.base import (
     parse_text,
     parse_time,
 )
+from audit.stores import AuditStore, open_store
 
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 
