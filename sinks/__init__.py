@@ -17,8 +17,8 @@ from sinks.errors import SinkDisabled, SinkError, SinkRejected, SinkUnavailable
 # Import paths, not classes: building a Splunk sink should not import the syslog module's TLS setup.
 BUILTIN: dict[str, str] = {
     "file": "sinks.file:FileSink",
-    "splunk_hec": "sinks.splunk_hec:SplunkHecSink",
-    "syslog": "sinks.syslog:SyslogSink",
+    "splunk_hec": "sinks.splunk_hec.sink:SplunkHecSink",
+    "syslog": "sinks.syslog.sink:SyslogSink",
     "slack": "sinks.slack:SlackSink",
     "webhook": "sinks.webhook:WebhookSink",
 }

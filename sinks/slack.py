@@ -27,10 +27,10 @@ import httpx
 
 from config.settings import Secret, SinkSettings
 from events.records import AuditRecord
+from sinks import http
 from sinks.base import DeliveryReport, Outcome
-from sinks.errors import SinkError, SinkRejected, SinkUnavailable
+from sinks.errors import SinkError, SinkRejected
 from sinks.options import Options
-from sinks.webhook import excerpt, network_error, post_each, retry_after_seconds
 
 Block = dict[str, Any]
 
@@ -147,23 +147,15 @@ def render_summary(records: Sequence[AuditRecord]) -> dict[str, Any]:
 def classify(result: httpx.Response | httpx.HTTPError, *, now: float | None = None) -> SinkError | None:
     """None when Slack took the message; otherwise what to do with it (see the module docstring)."""
     if isinstance(result, httpx.HTTPError):
-        return network_error(result)
-    status = result.status_code
-    text = excerpt(result.text, 100)
-    detail = f"Slack HTTP {status}: {text}" if text else f"Slack HTTP {status}"
-    retry_after = retry_after_seconds(result.headers.get("retry-after"), now=time.time() if now is None else now)
+        return http.transport_error(result)
+    answer = http.read_answer(result, label="Slack HTTP", limit=100, now=now)
     # Slack itself answers 200 "ok" or an error status; an error text with a 2xx comes from older or compatible
     # services, and is read by its text.
-    error: SinkError | None = None
-    if status in (408, 429) or status >= 500:
-        error = SinkUnavailable(detail, retry_after=retry_after)
-    elif status in (403, 404, 410) or text in WEBHOOK_ERRORS:
-        error = WebhookRevoked(detail)
-    elif 300 <= status < 400:
-        error = SinkUnavailable(f"Slack HTTP {status}: redirects are not followed; check the webhook URL", alert=True)
-    elif status >= 400 or text in PAYLOAD_ERRORS:
-        error = SinkRejected(detail)
-    return error
+    if not answer.retryable and (answer.status in (403, 404, 410) or answer.text in WEBHOOK_ERRORS):
+        return WebhookRevoked(answer.detail)
+    if 200 <= answer.status < 300 and answer.text in PAYLOAD_ERRORS:
+        return SinkRejected(answer.detail)
+    return http.status_error(answer, redirect_hint="check the webhook URL")
 
 
 class SlackSink:
@@ -187,7 +179,7 @@ class SlackSink:
         self.summary_threshold = summary_threshold
         self.min_interval = min_interval
         self._owns_client = client is None
-        self._client = client or httpx.Client(timeout=timeout, follow_redirects=False)
+        self._client = client or http.build_client(timeout)
         self._clock = clock
         self._sleep = sleep
         self._last_post: float | None = None
@@ -220,11 +212,7 @@ class SlackSink:
 
     def _post(self, payload: dict[str, Any]) -> SinkError | None:
         self._pace()
-        try:
-            response = self._client.post(self._url.reveal(), json=payload)
-        except httpx.HTTPError as exc:
-            return network_error(exc)
-        return classify(response)
+        return http.post(self._client, self._url.reveal(), classify, json=payload)
 
     def send(self, records: Sequence[AuditRecord]) -> DeliveryReport:
         if not records:
@@ -244,7 +232,7 @@ class SlackSink:
         return f"SlackSink(name={self.name!r}, webhook_url={self._url!r})"
 
     def _send_each(self, records: Sequence[AuditRecord]) -> DeliveryReport:
-        return post_each(records, lambda record: self._post(render_message(record)), rejects_rest=WebhookRevoked)
+        return http.post_each(records, lambda record: self._post(render_message(record)), rejects_rest=WebhookRevoked)
 
     def close(self) -> None:
         if self._owns_client:

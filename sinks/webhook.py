@@ -31,15 +31,12 @@ import httpx
 from config.errors import ConfigError
 from config.settings import Secret, SinkSettings
 from events.records import AuditRecord
-from events.version import VERSION
-from sinks.base import DeliveryReport, Outcome
-from sinks.errors import SinkDisabled, SinkError, SinkRejected, SinkUnavailable
-from sinks.http import parse_retry_after
+from sinks import http
+from sinks.base import DeliveryReport
+from sinks.errors import SinkDisabled, SinkError
 from sinks.options import Options
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
-# Retry-After larger than this is read as this: a peer cannot park our records for weeks.
-_EXCERPT = 200
 
 
 def render_body(record: AuditRecord) -> bytes:
@@ -67,85 +64,21 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
 def render_headers(record: AuditRecord, body: bytes, key: bytes, timestamp: int) -> dict[str, str]:
     return {
         "content-type": "application/json",
-        "user-agent": f"keytrail/{_version()}",
+        "user-agent": http.USER_AGENT,
         "webhook-id": record.event_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": sign(key, record.event_id, timestamp, body),
     }
 
 
-def retry_after_seconds(value: str | None, *, now: float) -> float | None:
-    """`Retry-After` as seconds from `now` (unix time); see sinks.http."""
-    return parse_retry_after(value, now=now)
-
-
-def excerpt(text: str, limit: int = _EXCERPT) -> str:
-    """A short, single-line piece of a response body for a reason text."""
-    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in text[: limit * 4]).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 def classify(result: httpx.Response | httpx.HTTPError, *, now: float | None = None) -> SinkError | None:
     """None when delivered; otherwise the error that says what to do with the record (see the module docstring)."""
     if isinstance(result, httpx.HTTPError):
-        return network_error(result)
-    status = result.status_code
-    if 200 <= status < 300:
-        return None
-    body = excerpt(result.text)
-    detail = f"HTTP {status}: {body}" if body else f"HTTP {status}"
-    retry_after = retry_after_seconds(result.headers.get("retry-after"), now=time.time() if now is None else now)
-    error: SinkError
-    if status == 410:
-        error = SinkDisabled(f"{detail} (the endpoint is gone; sink disabled until re-enabled)")
-    elif status in (408, 429, 502, 503, 504):
-        error = SinkUnavailable(detail, retry_after=retry_after)
-    elif 300 <= status < 400:
-        error = SinkUnavailable(f"HTTP {status}: redirects are not followed; fix the URL", alert=True)
-    elif 400 <= status < 500:
-        error = SinkRejected(detail)
-    else:
-        error = SinkUnavailable(detail, retry_after=retry_after)
-    return error
-
-
-def network_error(exc: httpx.HTTPError) -> SinkUnavailable:
-    """The class name only: httpx messages can quote the URL, which may hold a token."""
-    if isinstance(exc, httpx.TimeoutException):
-        return SinkUnavailable(f"timed out ({type(exc).__name__})")
-    return SinkUnavailable(f"network error ({type(exc).__name__})")
-
-
-def post_each(
-    records: Sequence[AuditRecord],
-    post: Callable[[AuditRecord], SinkError | None],
-    *,
-    rejects_rest: type[SinkRejected] | None = None,
-) -> DeliveryReport:
-    """Send records one by one. A rejected record is dead-lettered and the rest go on (unless the rejection is a
-    `rejects_rest`, which says every later record would meet it too). The first "retry later" or "disabled" stops
-    the batch: raised when it is the first record (the whole batch shares it), else the rest are reported RETRY and
-    the next attempt meets the error first."""
-    report = DeliveryReport()
-    for index, record in enumerate(records):
-        error = post(record)
-        if error is None:
-            report.set(record.record_id, Outcome.DELIVERED)
-        elif rejects_rest is not None and isinstance(error, rejects_rest):
-            for rest in records[index:]:
-                report.set(rest.record_id, Outcome.REJECTED, error.reason)
-            break
-        elif isinstance(error, SinkRejected):
-            report.set(record.record_id, Outcome.REJECTED, error.reason)
-        elif index == 0:
-            raise error
-        else:
-            for rest in records[index:]:
-                report.set(rest.record_id, Outcome.RETRY, error.reason)
-            if isinstance(error, SinkUnavailable) and error.retry_after is not None:
-                report.retry_after = error.retry_after
-            break
-    return report
+        return http.transport_error(result)
+    answer = http.read_answer(result, now=now)
+    if answer.status == 410:
+        return SinkDisabled(f"{answer.detail} (the endpoint is gone; sink disabled until re-enabled)")
+    return http.status_error(answer)
 
 
 class WebhookSink:
@@ -168,7 +101,7 @@ class WebhookSink:
         # Kept as a Secret and decoded per request, so no attribute holds the signing key in clear.
         self._secret = secret
         self._owns_client = client is None
-        self._client = client or httpx.Client(timeout=timeout, follow_redirects=False)
+        self._client = client or http.build_client(timeout)
         self._clock = clock
         self._lock = threading.Lock()
 
@@ -194,15 +127,17 @@ class WebhookSink:
     def _post(self, record: AuditRecord) -> SinkError | None:
         body = render_body(record)
         headers = render_headers(record, body, decode_secret(self._secret.reveal()), int(self._clock()))
-        try:
-            response = self._client.post(self._url.reveal(), content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            return network_error(exc)
-        return classify(response, now=self._clock())
+        return http.post(
+            self._client,
+            self._url.reveal(),
+            lambda response: classify(response, now=self._clock()),
+            content=body,
+            headers=headers,
+        )
 
     def send(self, records: Sequence[AuditRecord]) -> DeliveryReport:
         with self._lock:
-            return post_each(records, self._post)
+            return http.post_each(records, self._post)
 
     def __repr__(self) -> str:
         return f"WebhookSink(name={self.name!r}, url={self._url!r}, secret={self._secret!r})"
@@ -210,7 +145,3 @@ class WebhookSink:
     def close(self) -> None:
         if self._owns_client:
             self._client.close()
-
-
-def _version() -> str:
-    return VERSION

@@ -1,245 +1,37 @@
-"""The `splunk_hec` sink: audit records as HEC event envelopes, POSTed in batches to Splunk's HTTP Event Collector.
+"""The HEC sink: batches records into `/event` requests, sends them, and turns HEC's verdicts into a report.
 
-Three layers (facts from reference/sinks.md §1):
-- `render_event` / `render_batch`: pure, record → envelope → newline-separated JSON objects.
-- `classify`: one HEC answer (status + `code`) → one `Verdict`, from the code table (§1.6, §1.7).
-- `SplunkHecSink`: owns the httpx client; cuts records into requests by count and bytes, sends them, and turns the
-  verdicts into a per-record `DeliveryReport`.
-
-It never retries on its own: retries live in the deliver job's RQ Retry. The only re-sends inside one `send` are
-the ones HEC asks for by shape: halves of a request refused as too large (413), and the events after the one a 400
-with `invalid-event-number` refused (HEC indexed those before it and never read those after it). Each such re-send
-carries fewer events than the request before it, so one `send` makes at most about 2 x len(records) requests.
-
-Config errors (401/403, wrong URL, codes 1-5, 10, 11, 14, 16, 21, 22) keep the records and raise an alert instead
-of dropping them (the complaint against Vector and Fluent Bit in §5.5). With `ack = true` a request counts as
-delivered only once its ackId reads true (§1.5); otherwise the records are retried (at least once: every envelope
-carries `fields.event_id` for dedupe).
+See the package docstring for what it guarantees; `encoding`, `verdicts` and `acks` hold the layers it ties together.
 """
 
 from __future__ import annotations
 
+import copy
 import gzip as gzip_codec
-import json
 import ssl
-import time
-import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from http import HTTPStatus
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 
 from config.errors import ConfigError
 from config.settings import Secret, SinkSettings, display_url
 from events.records import AuditRecord
-from sinks import http as sink_http
+from sinks import http
 from sinks.base import DeliveryReport, Outcome
-from sinks.errors import SinkDisabled, SinkError, SinkRejected, SinkUnavailable
+from sinks.errors import SinkError, SinkRejected, SinkUnavailable
 from sinks.options import Options
+from sinks.splunk_hec.acks import CHANNEL_HEADER, AckChannel
+from sinks.splunk_hec.encoding import DEFAULT_SOURCE, DEFAULT_SOURCETYPE, encode_envelope, render_event
+from sinks.splunk_hec.verdicts import Accepted, EventRefused, Split, Verdict, classify
 
 EVENT_PATH = "/services/collector/event"
-ACK_PATH = "/services/collector/ack"
-CHANNEL_HEADER = "X-Splunk-Request-Channel"
-DEFAULT_SOURCE = "theauthapi"
-DEFAULT_SOURCETYPE = "keytrail:audit"
 # Audit JSON still shrinks several-fold at level 1; higher levels spend worker CPU, which is what bounds events/s.
 GZIP_LEVEL = 1
+POOL_LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4, keepalive_expiry=30.0)
 
-# The HEC code table (§1.6), grouped by what we do about a code.
-RETRY_CODES = frozenset({8, 9, 18, 19, 20})
-# Config (or a proxy eating our body: we never send an empty one, so code 5 is not about the records): hold + alert.
-ALERT_CODES = frozenset({1, 2, 3, 4, 5, 10, 11, 14, 16, 21, 22})
-# One event was bad; `invalid-event-number` says which, and HEC indexed the ones before it (§1.7).
-PER_EVENT_CODES = frozenset({6, 12, 13, 15})
-INCORRECT_INDEX = 7
-REASON_LIMIT = 200
-
-
-# -- render: record → envelope (pure) ---------------------------------------------------------------------------------
-
-
-def render_event(
-    record: AuditRecord,
-    *,
-    index: str | None = None,
-    source: str | None = DEFAULT_SOURCE,
-    sourcetype: str | None = DEFAULT_SOURCETYPE,
-    host: str | None = None,
-) -> dict[str, Any]:
-    """The HEC envelope of one record. Only keys HEC knows (an unknown key makes it drop events silently, §1.3);
-    metadata on every envelope (it does not carry over between objects); `fields` flat strings for dedupe."""
-    envelope: dict[str, Any] = {}
-    epoch = epoch_seconds(record.time)
-    if epoch is not None:
-        envelope["time"] = epoch
-    for key, value in (("host", host), ("source", source), ("sourcetype", sourcetype), ("index", index)):
-        if value:
-            envelope[key] = value
-    envelope["event"] = record.to_dict()
-    envelope["fields"] = {"event_id": str(record.event_id), "tenant": str(record.tenant), "topic": str(record.topic)}
-    return envelope
-
-
-def render_batch(
-    records: Sequence[AuditRecord],
-    *,
-    index: str | None = None,
-    source: str | None = DEFAULT_SOURCE,
-    sourcetype: str | None = DEFAULT_SOURCETYPE,
-    host: str | None = None,
-) -> bytes:
-    """One `/event` request body: the envelopes as concatenated JSON objects, one per line (not a JSON array)."""
-    return b"".join(
-        encode_envelope(render_event(r, index=index, source=source, sourcetype=sourcetype, host=host)) for r in records
-    )
-
-
-def encode_envelope(envelope: Mapping[str, Any]) -> bytes:
-    """One line of a request body. NaN/Infinity are not JSON and would fail the whole request at HEC: refuse here."""
-    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + b"\n"
-
-
-def epoch_seconds(timestamp: str) -> float | None:
-    """ISO 8601 → epoch seconds with millisecond precision (HEC's `time`); naive times are UTC; None if unreadable."""
-    try:
-        parsed = datetime.fromisoformat(timestamp)
-    except (TypeError, ValueError):
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return round(parsed.timestamp(), 3)
-
-
-# -- classify: one HEC answer → one verdict (pure) --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """200 code 0: HEC took every event of the request; with acks on, they count once `ack_id` reads true."""
-
-    ack_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EventRefused:
-    """400 with `invalid-event-number`: events before `position` are indexed, the one at `position` is refused for
-    `reason`, and the ones after it were never read (send them again)."""
-
-    position: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Split:
-    """The request was refused as a whole (413, or a bad event HEC did not locate): send each half on its own; a
-    single event that is still refused is rejected for `reason`."""
-
-    reason: str
-
-
-# A SinkError member is the fate of the whole request: SinkUnavailable (retry, maybe alert), SinkRejected, SinkDisabled.
-Verdict = Accepted | EventRefused | Split | SinkError
-
-
-def classify(  # noqa: PLR0911 - one return per row of the HEC code table
-    status: int,
-    body: bytes | Mapping[str, Any],
-    n_events: int,
-    *,
-    retry_after: str | None = None,
-    index: str | None = None,
-    now: datetime | None = None,
-) -> Verdict:
-    """What an answer to a request of `n_events` events means, by the HEC code table (§1.6, §1.7).
-
-    `retry_after` is the raw Retry-After header; `index` the configured index, named in a code 7 reason.
-    """
-    payload = _payload(body)
-    code = _int(payload.get("code"))
-    label = _label(status, code, payload)
-    hint = parse_retry_after(retry_after, now=now)
-
-    if 200 <= status < 300:
-        if code in (None, 0):
-            return Accepted(ack_id=_int(payload.get("ackId")))
-        return SinkUnavailable(f"{label}: not an answer to an event request; check the url", alert=True)
-    if status == 413:
-        return Split(label)
-    if status in (401, 403) or code in ALERT_CODES:
-        return SinkUnavailable(f"{label}: check the sink's token and HEC settings", retry_after=hint, alert=True)
-    if code in PER_EVENT_CODES:
-        position = _int(payload.get("invalid-event-number"))
-        if position is not None and 0 <= position < n_events:
-            return EventRefused(position, label)
-        return EventRefused(0, label) if n_events == 1 else Split(label)
-    if code == INCORRECT_INDEX:
-        # Every envelope carries the one configured index, so the whole request shares the refusal.
-        where = f"index {index!r}" if index else "the token's default index"
-        return SinkRejected(f"{label}: {where} is not allowed for this token")
-    if status in (408, 429) or status >= 500 or code in RETRY_CODES:
-        return SinkUnavailable(label, retry_after=hint)
-    if status == 410:
-        return SinkDisabled(label)
-    if status in (404, 405, 415):
-        # A wrong URL or a proxy that refuses gzip is configuration, not a property of these records.
-        return SinkUnavailable(f"{label}: check the sink's url and gzip settings", retry_after=hint, alert=True)
-    if 400 <= status < 500:
-        return SinkRejected(label)
-    return SinkUnavailable(f"{label}: unexpected answer; check the sink's url", retry_after=hint, alert=True)
-
-
-def classify_ack(status: int, body: bytes | Mapping[str, Any]) -> dict[int, bool] | SinkUnavailable:
-    """An answer to an ack poll: {ackId: indexed?}, or why the poll failed. A 4xx means acks are unusable (alert);
-    Vector quietly falls back to trusting the 200 there, which is how events get lost."""
-    payload = _payload(body)
-    if status == 200:
-        acks = payload.get("acks")
-        if isinstance(acks, Mapping):
-            return {int(k): v is True for k, v in acks.items() if str(k).isdigit()}
-        return SinkUnavailable("HEC ack poll: answer without acks", alert=True)
-    label = _label(status, _int(payload.get("code")), payload, what="HEC ack poll")
-    if 400 <= status < 500:
-        return SinkUnavailable(
-            f"{label}: indexer acknowledgement is unusable; fix the token or set ack = false", alert=True
-        )
-    return SinkUnavailable(label)
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Retry-After as seconds from `now` (see sinks.http), for callers that hold a datetime."""
-    return sink_http.parse_retry_after(value, now=now.timestamp() if now is not None else None)
-
-
-def _payload(body: bytes | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(body, Mapping):
-        return body
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _label(status: int, code: int | None, payload: Mapping[str, Any], what: str = "HEC") -> str:
-    text = payload.get("text")
-    if not isinstance(text, str) or not text.strip():
-        try:
-            text = HTTPStatus(status).phrase
-        except ValueError:
-            text = "unknown status"
-    text = " ".join(text.split())[:REASON_LIMIT]
-    return f"{what} {status}" + (f" code {code}" if code is not None else "") + f": {text}"
-
-
-# -- the sink: transport, batching, outcomes -------------------------------------------------------------------------
+E = TypeVar("E", bound=SinkError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,31 +76,26 @@ class SplunkHecSink:
         self.ack = ack
         self.ack_timeout = ack_timeout
         self.ack_poll_interval = ack_poll_interval
-        # One channel per sink object, i.e. per worker process (§1.5); ack ids are only meaningful on it.
-        self.channel = str(uuid.uuid4())
         self._token = token
         self._event_url = self.base_url + EVENT_PATH
-        self._ack_url = self.base_url + ACK_PATH
         # Without Authorization: the token is added per request (`_auth`), so no long-lived dict holds it in clear.
         self._headers = {"Content-Type": "application/json"}
-        if ack:
-            self._headers[CHANNEL_HEADER] = self.channel
         self._owns_client = client is None
-        self._client = client if client is not None else self._build_client(timeout, verify_tls, ca_file)
-
-    @staticmethod
-    def _build_client(timeout: float, verify_tls: bool, ca_file: str | None) -> httpx.Client:
-        verify: ssl.SSLContext | bool = verify_tls
-        if verify_tls and ca_file:
-            verify = ssl.create_default_context(cafile=ca_file)
         # trust_env off: TLS and proxies come from keytrail's settings, which are read in one place. The client keeps
         # cookies, which is what keeps ack polls on the indexer that took the POST behind a sticky load balancer.
-        return httpx.Client(
-            timeout=httpx.Timeout(timeout),
-            verify=verify,
-            trust_env=False,
-            limits=httpx.Limits(max_connections=4, max_keepalive_connections=4, keepalive_expiry=30.0),
+        self._client = (
+            client
+            if client is not None
+            else http.build_client(timeout, verify_tls=verify_tls, ca_file=ca_file, trust_env=False, limits=POOL_LIMITS)
         )
+        self._acks = AckChannel(self._client, self.base_url, self._auth)
+        if ack:
+            self._headers[CHANNEL_HEADER] = self._acks.id
+
+    @property
+    def channel(self) -> str:
+        """The HEC channel this sink's requests (and its ack polls) carry."""
+        return self._acks.id
 
     @classmethod
     def from_settings(cls, settings: SinkSettings) -> Self:
@@ -441,7 +228,7 @@ class SplunkHecSink:
         try:
             response = self._client.post(self._event_url, content=body, headers=headers)
         except httpx.RequestError as exc:
-            return SinkUnavailable(self._scrub(f"cannot reach HEC at {display_url(self._event_url)}: {_describe(exc)}"))
+            return SinkUnavailable(self._scrub(http.unreachable(f"HEC at {display_url(self._event_url)}", exc)))
         verdict = classify(
             response.status_code,
             response.content,
@@ -454,50 +241,19 @@ class SplunkHecSink:
     # -- indexer acknowledgement (§1.5) ------------------------------------------------------------------------------
 
     def _await_acks(self, awaiting: dict[int, list[_Item]], report: DeliveryReport) -> SinkError | None:
-        """Poll until every ackId read true or `ack_timeout` passed; confirmed requests are delivered, the others are
-        marked RETRY (re-sent by the deliver job with a new ackId). Returns why some were not confirmed."""
-        deadline = time.monotonic() + self.ack_timeout
-        last_problem: SinkUnavailable | None = None
-        while awaiting:
-            answer = self._poll_acks(sorted(awaiting))
-            if isinstance(answer, SinkUnavailable):
-                last_problem = answer
-                if answer.alert:
-                    break
-            else:
-                for ack_id, indexed in answer.items():
-                    if indexed and ack_id in awaiting:
-                        _mark(report, awaiting.pop(ack_id), Outcome.DELIVERED)
-            remaining = deadline - time.monotonic()
-            if not awaiting or remaining <= 0:
-                break
-            time.sleep(min(self.ack_poll_interval, remaining))
-        if not awaiting:
+        """Confirmed requests are delivered, the others are marked RETRY (re-sent by the deliver job with a new
+        ackId). Returns why some were not confirmed."""
+        confirmed, failure = self._acks.wait(
+            list(awaiting), timeout=self.ack_timeout, poll_interval=self.ack_poll_interval
+        )
+        for ack_id in confirmed:
+            _mark(report, awaiting.pop(ack_id), Outcome.DELIVERED)
+        if failure is None:
             return None
-        if last_problem is not None and last_problem.alert:
-            failure: SinkUnavailable = last_problem
-        else:
-            detail = f" (last poll: {last_problem.reason})" if last_problem is not None else ""
-            failure = SinkUnavailable(
-                f"HEC did not acknowledge {len(awaiting)} request(s) within {self.ack_timeout:g}s{detail}"
-            )
+        failure = self._scrub_error(failure)
         for chunk in awaiting.values():
             _mark(report, chunk, Outcome.RETRY, failure.reason)
         return failure
-
-    def _poll_acks(self, ack_ids: list[int]) -> dict[int, bool] | SinkUnavailable:
-        try:
-            response = self._client.post(
-                self._ack_url, params={"channel": self.channel}, json={"acks": ack_ids}, headers=self._auth()
-            )
-        except httpx.RequestError as exc:
-            return SinkUnavailable(self._scrub(f"cannot reach HEC at {display_url(self._ack_url)}: {_describe(exc)}"))
-        answer = classify_ack(response.status_code, response.content)
-        if isinstance(answer, SinkUnavailable):
-            scrubbed = self._scrubbed(answer)
-            assert isinstance(scrubbed, SinkUnavailable)
-            return scrubbed
-        return answer
 
     # -- keeping the token out of every reason -----------------------------------------------------------------------
 
@@ -515,22 +271,22 @@ class SplunkHecSink:
         """The verdict with the token blanked from its reason (a proxy may echo our headers into its error page)."""
         if isinstance(verdict, EventRefused | Split):
             return replace(verdict, reason=self._scrub(verdict.reason))
-        if isinstance(verdict, SinkError) and self._scrub(verdict.reason) != verdict.reason:
-            reason = self._scrub(verdict.reason)
-            if isinstance(verdict, SinkUnavailable):
-                return SinkUnavailable(reason, retry_after=verdict.retry_after, alert=verdict.alert)
-            return type(verdict)(reason)
+        if isinstance(verdict, SinkError):
+            return self._scrub_error(verdict)
         return verdict
+
+    def _scrub_error(self, error: E) -> E:
+        reason = self._scrub(error.reason)
+        if reason == error.reason:
+            return error
+        scrubbed = copy.copy(error)  # keeps retry_after and alert
+        scrubbed.reason, scrubbed.args = reason, (reason,)
+        return scrubbed
 
 
 def _mark(report: DeliveryReport, chunk: Sequence[_Item], outcome: Outcome, reason: str | None = None) -> None:
     for item in chunk:
         report.set(item.record_id, outcome, reason)
-
-
-def _describe(exc: httpx.RequestError) -> str:
-    detail = str(exc).strip()
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
 def _base_url(url: str) -> str:

@@ -1,4 +1,4 @@
-"""CEF (ArcSight Common Event Format) rendering of an audit record: the MSG of a syslog message when `format = "cef"`.
+"""CEF (ArcSight Common Event Format), pure: an audit record as the MSG of a syslog message when `format = "cef"`.
 
 `CEF:0|keytrail|keytrail|<version>|<topic>|<name>|<severity 0-10>|<extension>`. Two escaping rules apply, and they
 differ: header fields escape `\\` and `|`; extension values escape `\\`, `=` and line breaks (`\\n`, `\\r`) but not `|`.
@@ -13,9 +13,10 @@ A line cut to fit a syslog message ends in `cn1Label=truncated cn1=<octets of th
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from events.records import Activity, AuditRecord, Severity
+from events.times import utc_or_none
+from events.version import VERSION
+from sinks.syslog.rfc5424 import NIL, RSYSLOG_DEFAULT_MAX, Header, MessageTooLarge, cut_utf8, render_head
 
 VENDOR = "keytrail"
 PRODUCT = "keytrail"
@@ -49,13 +50,8 @@ def escape_extension(value: str) -> str:
 
 def epoch_millis(timestamp: str) -> int | None:
     """`rt` is milliseconds since the epoch; None when the record's time is not ISO 8601."""
-    try:
-        parsed = datetime.fromisoformat(timestamp)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    parsed = utc_or_none(timestamp)
+    return None if parsed is None else int(parsed.timestamp() * 1000)
 
 
 def event_name(record: AuditRecord) -> str:
@@ -139,3 +135,25 @@ def _drop_unset(fields: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
         if value and labelled:
             kept.append((key, value))
     return kept
+
+
+def render_cef_message(
+    record: AuditRecord, header: Header, *, max_size: int = RSYSLOG_DEFAULT_MAX, version: str = ""
+) -> bytes:
+    """The CEF line carried in an RFC 5424 message without structured data; a cut line is marked in its extension."""
+    version = version or VERSION
+    head = render_head(record, header, NIL) + b" "
+    line = render_cef(record, version=version).encode()
+    if len(head) + len(line) <= max_size:
+        return head + line
+    mark = cef_truncation_mark(len(line)).encode()
+    cut = _without_dangling_backslash(cut_utf8(line, max(0, max_size - len(head) - len(mark))))
+    if len(cut) < len(identifying_prefix(record, version=version).encode()):
+        raise MessageTooLarge(f"CEF header and externalId alone exceed max_message ({max_size} octets)")
+    return head + cut + mark
+
+
+def _without_dangling_backslash(cut: bytes) -> bytes:
+    """A CEF value cut after an odd run of backslashes would escape our marker's leading space."""
+    run = len(cut) - len(cut.rstrip(b"\\"))
+    return cut[:-1] if run % 2 else cut

@@ -19,19 +19,11 @@ from config.settings import Secret, SinkSettings
 from events.records import Activity, Actor, AuditRecord, Entity, EntityType, Severity
 from sinks.base import DeliveryReport, Outcome
 from sinks.errors import SinkDisabled, SinkError, SinkRejected, SinkUnavailable
-from sinks.splunk_hec import (
-    Accepted,
-    EventRefused,
-    Split,
-    SplunkHecSink,
-    Verdict,
-    classify,
-    classify_ack,
-    encode_envelope,
-    parse_retry_after,
-    render_batch,
-    render_event,
-)
+from sinks.http import parse_retry_after
+from sinks.splunk_hec.acks import classify_ack
+from sinks.splunk_hec.encoding import encode_envelope, render_batch, render_event
+from sinks.splunk_hec.sink import SplunkHecSink
+from sinks.splunk_hec.verdicts import Accepted, EventRefused, Split, Verdict, classify
 from tests.fakes.hec import ENVELOPE_KEYS, FakeHec, check_envelope, parse_batch
 
 TOKEN = "9d5c7a1e-2b3f-4c6d-8e9f-a0b1c2d3e4f5"

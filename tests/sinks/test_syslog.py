@@ -16,24 +16,12 @@ from config.errors import ConfigError
 from config.settings import SinkSettings
 from events.records import AuditRecord, Severity
 from sinks.base import Outcome
-from sinks.cef import escape_extension, escape_header, render_cef
 from sinks.errors import SinkUnavailable
-from sinks.syslog import (
-    BOM,
-    TRUNCATION_MARK,
-    Header,
-    RelpError,
-    RelpFrame,
-    SyslogSink,
-    classify,
-    encode_relp,
-    escape_sd_value,
-    frame,
-    parse_relp,
-    render_cef_message,
-    render_rfc5424,
-    rfc3339,
-)
+from sinks.syslog.cef import escape_extension, escape_header, render_cef, render_cef_message
+from sinks.syslog.relp import RelpError, RelpFrame, encode_relp, parse_relp
+from sinks.syslog.rfc5424 import BOM, TRUNCATION_MARK, Header, escape_sd_value, render_rfc5424, rfc3339
+from sinks.syslog.sink import SyslogSink
+from sinks.syslog.transports import classify, frame
 
 MakeRecord = Callable[..., AuditRecord]
 HEADER = Header(facility=10, hostname="kt-test-host", app_name="keytrail", sd_id="keytrail@32473")

@@ -13,22 +13,21 @@ from rsyslog_harness import Rsyslog, event_id_of
 
 from config.settings import SinkSettings
 from events.records import Actor, AuditRecord
+from events.version import VERSION
 from sinks.base import Outcome
-from sinks.cef import cef_truncation_mark, render_cef
-from sinks.syslog import (
+from sinks.syslog.cef import cef_truncation_mark, render_cef, render_cef_message
+from sinks.syslog.rfc5424 import (
     BOM,
     RSYSLOG_DEFAULT_MAX,
     TRUNCATION_MARK,
     Header,
     MessageTooLarge,
-    SyslogSink,
     cut_utf8,
-    keytrail_version,
     record_json,
-    render_cef_message,
     render_rfc5424,
     truncate_utf8,
 )
+from sinks.syslog.sink import SyslogSink
 
 MakeRecord = Callable[..., AuditRecord]
 HEADER = Header(facility=10, hostname="kt-test-host", app_name="keytrail", sd_id="keytrail@32473")
@@ -49,7 +48,7 @@ def big(make_record: MakeRecord, name: str) -> AuditRecord:
 def full_msg(record: AuditRecord, message_format: str) -> str:
     """The MSG part the sink would send if there were no size limit."""
     if message_format == "cef":
-        return render_cef(record, version=keytrail_version())
+        return render_cef(record, version=VERSION)
     return (BOM + record_json(record)).decode()
 
 

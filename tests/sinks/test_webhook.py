@@ -23,13 +23,13 @@ from config.settings import Secret, SinkSettings
 from events.records import AuditRecord
 from sinks.base import Outcome
 from sinks.errors import SinkDisabled, SinkRejected, SinkUnavailable
+from sinks.http import parse_retry_after
 from sinks.webhook import (
     WebhookSink,
     classify,
     decode_secret,
     render_body,
     render_headers,
-    retry_after_seconds,
     sign,
 )
 
@@ -177,7 +177,7 @@ def test_classify_receiver_answers(
     ],
 )
 def test_retry_after_reads_seconds_or_an_http_date(header: str | None, seconds: float | None) -> None:
-    assert retry_after_seconds(header, now=NOW) == seconds
+    assert parse_retry_after(header, now=NOW) == seconds
 
 
 # --- against the loopback receiver ----------------------------------------------------------------------------
