@@ -14,25 +14,25 @@ receiver keys events, so that still makes one record. The other order would lose
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
 
 from authapi.client import AuthApiClient, AuthApiError
+from authapi.drift import drift_of
 from authapi.subscriptions import (
     Action,
     BootstrapError,
     Change,
     Desired,
+    Progress,
+    Scope,
     delete_subscription,
-    desired_for,
     differences,
-    drift_of,
     plan_account_wide,
     plan_project,
 )
-from config.settings import TenantSettings
 
 log = structlog.get_logger(__name__)
 
@@ -44,16 +44,9 @@ class OutcomeUnknown(Exception):
     """A change may or may not have been made; the round ends and the next read tells."""
 
 
-def converge_tenant(
-    client: AuthApiClient,
-    tenant: TenantSettings,
-    topics: Sequence[str],
-    projects: Sequence[str],
-    *,
-    progress: Callable[[str], None] | None = None,
-) -> list[Change]:
+def converge_tenant(client: AuthApiClient, scope: Scope, *, progress: Progress | None = None) -> list[Change]:
     """Make every project's subscription right, then remove keytrail's account-wide hooks; the changes made."""
-    desireds = [desired_for(tenant, project_id, topics) for project_id in projects]
+    desireds = scope.desireds()
     made: list[Change] = []
     for desired in desireds:
         made += converge_project(client, desired)
@@ -70,7 +63,7 @@ def converge_tenant(
                 continue
             made.append(change)
     raise BootstrapError(
-        f"tenant {tenant.name}: keytrail's account-wide subscription is still there after {MAX_ROUNDS} deletes"
+        f"tenant {scope.tenant.name}: keytrail's account-wide subscription is still there after {MAX_ROUNDS} deletes"
     )
 
 

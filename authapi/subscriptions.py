@@ -1,38 +1,34 @@
-"""The bootstrap: subscribes keytrail's receiver at The Auth API, proves the path with a ping, and checks for drift.
+"""keytrail's subscriptions at The Auth API: the desired state, how the live one differs, and the plan between them.
 
 A tenant's desired state is one subscription per project, found by its URL (`{public_url}/hooks/theauthapi/{tenant}`):
-topics, `httpMethod` POST, `customHeaders` carrying `X-Keytrail-Token`, `status` live. `plan_tenant` compares it with
-what the API holds, `authapi.convergence` makes it so, `check_drift_all` is the scheduled read-only comparison, and
-`send_ping` + `wait_for_ping` prove a request really travels The Auth API → receiver → Redis.
+topics, `httpMethod` POST, `customHeaders` carrying `X-Keytrail-Token`, `status` live. `Scope.of` reads what it is
+made from (topics, projects), `plan_tenant` compares it with what the API holds, `authapi.convergence` makes it so,
+`authapi.drift` reports what differs without changing anything, and `authapi.ping` proves the path.
 
 Requests carry only the fields of the spec's DTO for that request (`CREATE_FIELDS`, `UPDATE_FIELDS`): a NestJS
-service may drop or refuse anything else. Where the spec and the vendor's samples disagree about the ping (reference
-§2.2) it sends what satisfies both readings, and the spec's alone when the service refuses the samples' field.
+service may drop or refuse anything else.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-import redis
 import structlog
 
 from authapi.client import AuthApiClient, AuthApiError
-from broker.queues import ping_key
-from config.settings import DEFAULT_TOPICS, Secret, Settings, TenantSettings
+from config.settings import DEFAULT_TOPICS, Secret, TenantSettings
+from events.wire import SUBSCRIPTION_TOKEN_HEADER, hook_url
 
 log = structlog.get_logger(__name__)
 
+# Called with each project id once its subscription is done (a progress bar advances).
+Progress = Callable[[str], None]
+
 SUBSCRIPTION_NAME = "keytrail"
-TOKEN_HEADER = "X-Keytrail-Token"  # noqa: S105 (a header name, not a secret)
-PING_FIELD = "keytrail_ping"
 # The fields keytrail owns on its subscription, in the API's spelling; `url` is the identity, not compared.
 COMPARED_FIELDS = ("name", "topics", "httpMethod", "customHeaders", "status")
 # The spec's request DTOs (components.schemas): CreateWebhookDTO, and UpdateWebhookDTO, which PATCH is limited to.
@@ -59,8 +55,9 @@ class Action(StrEnum):
     DELETE_ACCOUNT_WIDE = "delete-account-wide"  # keytrail's URL on a hook for the whole account
 
 
-def hook_url(public_url: str, tenant: str) -> str:
-    return f"{public_url.rstrip('/')}/hooks/theauthapi/{tenant}"
+def token_header(token: Secret | None) -> dict[str, str]:
+    """The header that makes the receiver take a request as the tenant's, revealed for sending (none without one)."""
+    return {SUBSCRIPTION_TOKEN_HEADER: token.reveal()} if token is not None else {}
 
 
 def same_url(a: str, b: str) -> bool:
@@ -88,7 +85,7 @@ class Desired:
     status: str = "live"
 
     def headers(self) -> dict[str, str]:
-        return {TOKEN_HEADER: self.token.reveal()} if self.token is not None else {}
+        return token_header(self.token)
 
     def fields(self) -> dict[str, Any]:
         """Every field keytrail sets, in the API's spelling."""
@@ -168,21 +165,12 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
-class Drift:
-    """keytrail's subscription in one project is not what it should be; `problems` says how."""
+class Removal:
+    """One of keytrail's subscriptions that `unsubscribe` deleted (or would delete)."""
 
     tenant: str
     project_id: str
-    webhook_id: str | None
-    problems: tuple[str, ...]
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "tenant": self.tenant,
-            "project_id": self.project_id,
-            "webhook_id": self.webhook_id,
-            "problems": list(self.problems),
-        }
+    webhook_id: str
 
 
 @dataclass(slots=True)
@@ -262,6 +250,23 @@ def desired_for(tenant: TenantSettings, project_id: str, topics: Sequence[str]) 
         topics=tuple(topics),
         token=tenant.token,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What one tenant's subscriptions cover: the topics they carry and the projects they are in."""
+
+    tenant: TenantSettings
+    topics: Topics
+    projects: tuple[str, ...]
+
+    @classmethod
+    def of(cls, client: AuthApiClient, tenant: TenantSettings, chosen: Sequence[str] | None = None) -> Scope:
+        """`chosen` topics (else the API's, else the known ones) in the configured projects (else the account's)."""
+        return cls(tenant, fetch_topics(client, chosen), tenant_projects(client, tenant))
+
+    def desireds(self) -> list[Desired]:
+        return [desired_for(self.tenant, project_id, self.topics.names) for project_id in self.projects]
 
 
 def list_subscriptions(client: AuthApiClient, desired: Desired) -> list[Mapping[str, Any]]:
@@ -347,16 +352,10 @@ def plan_account_wide(client: AuthApiClient, desireds: Sequence[Desired]) -> lis
     return list(seen.values())
 
 
-def plan_tenant(
-    client: AuthApiClient,
-    tenant: TenantSettings,
-    topics: Sequence[str],
-    projects: Sequence[str],
-    *,
-    progress: Callable[[str], None] | None = None,
-) -> list[Change]:
+def plan_tenant(client: AuthApiClient, scope: Scope, *, progress: Progress | None = None) -> list[Change]:
+    """Every change that would make the scope's projects hold exactly keytrail's subscription; none is made."""
     changes: list[Change] = []
-    desireds = [desired_for(tenant, project_id, topics) for project_id in projects]
+    desireds = scope.desireds()
     for desired in desireds:
         changes += plan_project(client, desired)
         if progress is not None:
@@ -364,63 +363,13 @@ def plan_tenant(
     return changes + plan_account_wide(client, desireds)
 
 
-def drift_of(change: Change) -> Drift | None:
-    """What a planned change says about drift: a create means the subscription is gone, an update names fields."""
-    if change.action is Action.UNCHANGED:
-        return None
-    if change.action is Action.CREATE:
-        problems: tuple[str, ...] = ("missing",)
-    elif change.action is Action.DELETE_DUPLICATE:
-        problems = ("duplicate",)
-    elif change.action is Action.DELETE_ACCOUNT_WIDE:
-        problems = ("account-wide",)
-    else:
-        problems = tuple(
-            ("paused" if change.live_status == "paused" else f"status {change.live_status}")
-            if name == "status"
-            else f"{name} changed"
-            for name in change.differences
-        )
-    return Drift(change.tenant, change.project_id, change.webhook_id, problems)
-
-
-def check_tenant(
-    client: AuthApiClient,
-    tenant: TenantSettings,
-    topics: Sequence[str],
-    projects: Sequence[str],
-    *,
-    progress: Callable[[str], None] | None = None,
-) -> list[Drift]:
-    plan = plan_tenant(client, tenant, topics, projects, progress=progress)
-    return [drift for drift in map(drift_of, plan) if drift is not None]
-
-
-def check_drift_all(settings: Settings) -> list[Drift]:
-    """The scheduled check: every tenant with an access key and a public URL, compared read-only with its desired
-    state. Each drift is logged as `subscription_drift_detected`; a tenant whose check fails is logged as
-    `subscription_check_failed` and the others are still checked."""
-    drifts: list[Drift] = []
-    for tenant in settings.tenants.values():
-        if tenant.access_key is None or tenant.public_url is None:
-            continue
-        try:
-            with AuthApiClient.from_settings(settings, tenant) as client:
-                topics = fetch_topics(client)
-                found = check_tenant(client, tenant, topics.names, tenant_projects(client, tenant))
-        except (AuthApiError, BootstrapError) as exc:
-            log.error("subscription_check_failed", tenant=tenant.name, error=str(exc))
-            continue
-        for drift in found:
-            log.warning(
-                "subscription_drift_detected",
-                tenant=drift.tenant,
-                project_id=drift.project_id,
-                webhook_id=drift.webhook_id,
-                problems=list(drift.problems),
-            )
-        drifts += found
-    return drifts
+def unsubscribe_tenant(client: AuthApiClient, tenant: TenantSettings, *, dry_run: bool = False) -> list[Removal]:
+    """Delete keytrail's subscriptions (by URL) in every project of the tenant; what was (or would be) deleted."""
+    removed: list[Removal] = []
+    for project_id in tenant_projects(client, tenant):
+        desired = desired_for(tenant, project_id, DEFAULT_TOPICS)
+        removed += [Removal(tenant.name, project_id, w) for w in unsubscribe_project(client, desired, dry_run=dry_run)]
+    return removed
 
 
 def unsubscribe_project(client: AuthApiClient, desired: Desired, *, dry_run: bool = False) -> list[str]:
@@ -443,131 +392,3 @@ def delete_subscription(client: AuthApiClient, webhook_id: str) -> None:
     except AuthApiError as exc:
         if exc.status != 404:
             raise
-
-
-# The ping: a marker sent through The Auth API, recorded by the receiver in Redis, looked up here.
-
-
-def new_marker() -> str:
-    return f"kt-{uuid.uuid4().hex}"
-
-
-def ping_body(tenant: TenantSettings, marker: str, *, samples_field: bool = True) -> dict[str, Any]:
-    """POST /webhooks/ping's DTO. The spec names the headers field `headers`, the samples `customHeaders`: send both,
-    unless `samples_field` is False (a service that refuses properties outside TestWebhookDTO)."""
-    headers = {"Content-Type": "application/json"}
-    if tenant.token is not None:
-        headers[TOKEN_HEADER] = tenant.token.reveal()
-    return {
-        "url": require_subscribable(tenant),
-        "httpMethod": "POST",
-        "body": {PING_FIELD: marker, "tenant": tenant.name},
-        "headers": headers,
-        **({"customHeaders": headers} if samples_field else {}),
-    }
-
-
-def send_ping(client: AuthApiClient, tenant: TenantSettings, marker: str) -> Any:
-    """Ask The Auth API to send the ping; returns its answer (shape UNKNOWN, kept only for diagnosis)."""
-    try:
-        answer = client.ping_webhook(ping_body(tenant, marker))
-    except AuthApiError as exc:
-        # NestJS's forbidNonWhitelisted names the refused property; then the spec's DTO alone is what it accepts.
-        if exc.status != 400 or "customHeaders" not in exc.message:
-            raise
-        answer = client.ping_webhook(ping_body(tenant, marker, samples_field=False))
-    log.info("ping_sent", tenant=tenant.name, marker=marker)
-    return answer
-
-
-def wait_for_ping(
-    store: redis.Redis, tenant: str, marker: str, timeout: float, *, poll_seconds: float = 0.05
-) -> int | None:
-    """Poll Redis until the receiver has recorded the marker; its epoch-ms receipt time, or None on timeout."""
-    deadline = time.monotonic() + timeout
-    key = ping_key(tenant, marker)
-    while True:
-        value = store.get(key)
-        if value is not None:
-            try:
-                return int(value)
-            except (TypeError, ValueError):
-                return 0
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
-
-
-@dataclass(frozen=True, slots=True)
-class PingResult:
-    tenant: str
-    marker: str
-    seen: bool
-    round_trip_ms: float | None
-    cause: str | None = None
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "tenant": self.tenant,
-            "marker": self.marker,
-            "seen": self.seen,
-            "round_trip_ms": self.round_trip_ms,
-            "cause": self.cause,
-        }
-
-
-def ping_round_trip(client: AuthApiClient, store: redis.Redis, tenant: TenantSettings, timeout: float) -> PingResult:
-    """Send a ping through The Auth API and wait for the receiver to record it; diagnose when it never arrives."""
-    marker = new_marker()
-    started = time.monotonic()
-    send_ping(client, tenant, marker)
-    seen = wait_for_ping(store, tenant.name, marker, timeout)
-    if seen is not None:
-        elapsed = round((time.monotonic() - started) * 1000, 1)
-        log.info("ping_seen", tenant=tenant.name, marker=marker, round_trip_ms=elapsed)
-        return PingResult(tenant.name, marker, True, elapsed)
-    cause = diagnose_ping(store, tenant, timeout)
-    log.warning("ping_not_seen", tenant=tenant.name, marker=marker, cause=cause)
-    return PingResult(tenant.name, marker, False, None, cause)
-
-
-def diagnose_ping(store: redis.Redis, tenant: TenantSettings, waited: float, *, probe_timeout: float = 3.0) -> str:
-    """Why a ping did not arrive, found by sending the same kind of ping straight to the receiver from here."""
-    url = require_subscribable(tenant)
-    prefix = f"ping not seen by the receiver within {waited:g}s"
-    marker = new_marker()
-    headers = {TOKEN_HEADER: tenant.token.reveal()} if tenant.token is not None else {}
-    try:
-        response = httpx.post(url, json={PING_FIELD: marker}, headers=headers, timeout=probe_timeout)
-    except httpx.HTTPError as exc:
-        return f"{prefix}: receiver down? {url} is unreachable from here too ({type(exc).__name__})"
-    status = response.status_code
-    if status in (401, 403):
-        return (
-            f"{prefix}: token mismatch: the receiver at {url} answered HTTP {status} to X-Keytrail-Token "
-            f"(tenants.{tenant.name}.token differs from the receiver's)"
-        )
-    if status == 404:
-        return f"{prefix}: the receiver at {url} answered 404 (unknown tenant {tenant.name}, or public_url is wrong)"
-    if not response.is_success:
-        return f"{prefix}: the receiver at {url} answered HTTP {status} to a ping sent from here"
-    if wait_for_ping(store, tenant.name, marker, min(waited, 2.0)) is not None:
-        return (
-            f"{prefix}: public_url unreachable from The Auth API: the receiver records pings sent from here, "
-            f"so {tenant.public_url} must be reachable from the internet (DNS, firewall, TLS certificate)"
-        )
-    return (
-        f"{prefix}: the receiver at {url} answered {status} but did not record the ping in this Redis (another Redis?)"
-    )
-
-
-def redis_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-
-
-def redacted_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,10 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
         return settings_from_mapping(data, {})
 
     return make
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    """Servers a test starts (fakes, loopback peers), all stopped when it ends."""
+    with ExitStack() as opened:
+        yield opened

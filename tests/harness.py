@@ -6,7 +6,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,12 @@ def drain(settings: Settings) -> None:
 
     run_worker(settings, INGEST_QUEUE, burst=True)
     run_worker(settings, DELIVER_QUEUE, burst=True)
+
+
+def start_fake_authapi(stack: ExitStack, access_key: str, account: str, projects: Sequence[str], **options: Any) -> Any:
+    """The fake The Auth API on loopback, seeded with one account and its projects; stopped with `stack`."""
+    from authapi.fake import FakeAuthApi, FakeState
+
+    fake = stack.enter_context(FakeAuthApi(FakeState(**options)))
+    fake.state.seed(access_key, account, list(projects))
+    return fake

@@ -16,11 +16,13 @@ import redis
 import structlog
 
 from authapi.client import AuthApiClient, AuthApiError
+from authapi.drift import check_drift_all
 from authapi.fake import FakeAuthApi, FakeState, LoopbackServer
-from authapi.subscriptions import check_drift_all, hook_url, parse_topics
+from authapi.subscriptions import parse_topics
 from config.loader import settings_from_mapping
 from config.logging import configure_logging
 from config.settings import DEFAULT_TOPICS, Secret
+from events.wire import hook_url
 from ingest.app import create_app
 from keytrail.cli import main
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
+from harness import start_fake_authapi
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from authapi.fake import FakeAuthApi, FakeState, LoopbackServer
+from authapi.fake import FakeAuthApi, LoopbackServer
 from authapi.fake.strictness import ChangeFault
 from config.settings import DEFAULT_TOPICS
 
@@ -48,15 +48,8 @@ class Capture:
             return [body for _, body in self.received]
 
 
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as opened:
-        yield opened
-
-
 def start(stack: ExitStack, **options: Any) -> FakeAuthApi:
-    fake = stack.enter_context(FakeAuthApi(FakeState(**options)))
-    fake.state.seed(ACCESS_KEY, ACCOUNT, ["proj-1", "proj-2"])
+    fake: FakeAuthApi = start_fake_authapi(stack, ACCESS_KEY, ACCOUNT, ["proj-1", "proj-2"], **options)
     return fake
 
 

@@ -116,12 +116,12 @@ def test_scheduled_drift_check_runs_in_a_worker_and_logs_an_alert(
     capsys.readouterr()
 
     from config.logging import configure_logging
-    from workers.recovery import Guardian
+    from workers.scheduling import schedule_drift_check
 
     configure_logging("info", json=True, stream=sys.stdout)
     redis = Redis.from_url(REDIS_URL)
-    Guardian(redis, "test-guardian", settings).schedule_drift_check()
-    Guardian(redis, "another-worker", settings).schedule_drift_check()  # one check per interval, not one per worker
+    schedule_drift_check(redis, "test-guardian", settings)
+    schedule_drift_check(redis, "another-worker", settings)  # one check per interval, not one per worker
     redis.close()
     run_worker(settings, DELIVER_QUEUE, burst=True)
 

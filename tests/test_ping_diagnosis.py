@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 from harness import REDIS_URL, TOKEN, ServerThread, SettingsFactory, free_port
 from redis import Redis
 
-from authapi.subscriptions import diagnose_ping
+from authapi.ping import diagnose_ping
 from config.settings import Secret, TenantSettings
 from ingest.app import create_app
 

@@ -3,20 +3,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import start_fake_authapi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bootstrap import ACCESS_KEY, ACCOUNT, PROJECTS, TOKEN, Cli, settings_data, write_config
 
-from authapi.fake import FakeAuthApi, FakeState
+from authapi.fake import FakeAuthApi
 from authapi.fake.strictness import CREATE_WEBHOOK_DTO, UPDATE_WEBHOOK_DTO
-from authapi.subscriptions import Desired, hook_url
+from authapi.subscriptions import Desired
 from config.settings import DEFAULT_TOPICS, Secret
+from events.wire import hook_url
 
 OURS = hook_url("http://127.0.0.1:9", "acme")
 MODES: dict[str, dict[str, Any]] = {
@@ -29,15 +30,8 @@ MODES: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as opened:
-        yield opened
-
-
 def start(stack: ExitStack, **options: Any) -> FakeAuthApi:
-    fake = stack.enter_context(FakeAuthApi(FakeState(**options)))
-    fake.state.seed(ACCESS_KEY, ACCOUNT, PROJECTS)
+    fake: FakeAuthApi = start_fake_authapi(stack, ACCESS_KEY, ACCOUNT, PROJECTS, **options)
     return fake
 
 

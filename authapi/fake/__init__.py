@@ -8,8 +8,10 @@ What the reference marks UNKNOWN is our own choice here, stated once: the delive
 `FakeState` holds everything and is also the admin surface for tests (pause or delete a subscription, create keys,
 inject faults, read deliveries); `create_fake_app(state)` serves it; `FakeAuthApi` runs it on a free port in a thread.
 
-One module per part: `state` (the state and its operations), `entities` (their shapes), `validation` (request DTOs),
-`errors` (NestJS error answers), `delivery` (the webhook deliverer), `app` (the routes), `server` (running it).
+One module per part: `state` (the whole state: switches, seeding, faults), `store` (the tables and access rules),
+`webhooks`, `keys` and `accounts` (the operations of each family of endpoints), `strictness` (stricter readings of
+the spec), `entities` (their shapes), `validation` (request DTOs), `errors` (NestJS error answers), `delivery` (the
+webhook deliverer), `app` (the routes), `server` (running it).
 """
 
 from __future__ import annotations

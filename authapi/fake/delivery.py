@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from authapi.fake.entities import Json, timestamp
+from events.wire import SIGNATURE_HEADER
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,7 @@ def signed_headers(hook: Mapping[str, Any], secret: str) -> dict[str, str]:
     """A subscription's custom headers, then its signing secret in `theauthapi-signature`."""
     headers = {"content-type": "application/json", "user-agent": "theauthapi-fake-webhooks/1"}
     headers.update(hook.get("customHeaders") or {})
-    headers["theauthapi-signature"] = secret
+    headers[SIGNATURE_HEADER] = secret
     return headers
 
 

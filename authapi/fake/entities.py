@@ -5,14 +5,15 @@ from __future__ import annotations
 import secrets
 import string
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
+
+from events.times import now_utc
 
 Json = dict[str, Any]
 
 
 def timestamp() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return now_utc()
 
 
 def random_token(length: int = 32) -> str:

@@ -7,33 +7,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from authapi.client import AuthApiClient, AuthApiError
 from authapi.convergence import converge_tenant
+from authapi.drift import Drift, check_tenant
+from authapi.ping import PingResult, confirm_ping
 from authapi.subscriptions import (
     BootstrapError,
     Change,
-    Drift,
-    PingResult,
-    check_tenant,
-    desired_for,
-    fetch_topics,
-    ping_round_trip,
+    Scope,
     plan_tenant,
-    redacted_url,
-    redis_client,
     require_subscribable,
-    tenant_projects,
-    unsubscribe_project,
+    unsubscribe_tenant,
 )
 from config.logging import configure_logging
-from config.settings import DEFAULT_TOPICS, Settings, TenantSettings
+from config.settings import Settings, TenantSettings
+from events.wire import SUBSCRIPTION_TOKEN_HEADER
 from keytrail.cli import CliError, settings_from_args
 from keytrail.output import add_format_option, chosen_format, print_rows
 
@@ -103,6 +97,19 @@ def _tenants(settings: Settings, name: str | None) -> list[TenantSettings]:
     return chosen
 
 
+@contextlib.contextmanager
+def _session(settings: Settings, tenant: TenantSettings) -> Iterator[AuthApiClient]:
+    """A client for the tenant's account once it can be subscribed; its failures as one line for the operator."""
+    try:
+        require_subscribable(tenant)
+        with AuthApiClient.from_settings(settings, tenant) as client:
+            yield client
+    except AuthApiError as exc:
+        raise _api_failure(tenant, exc) from None
+    except BootstrapError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _api_failure(tenant: TenantSettings, exc: AuthApiError) -> CliError:
     hint = ""
     if exc.status == 401:
@@ -139,29 +146,22 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     pings: list[PingResult] = []
     warnings: list[str] = []
     for tenant in _tenants(settings, args.tenant):
-        try:
-            require_subscribable(tenant)
-            with AuthApiClient.from_settings(settings, tenant) as client:
-                topics = fetch_topics(client, args.topics)
-                warnings += [f"tenant {tenant.name}: {w}" for w in topics.warnings]
-                projects = tenant_projects(client, tenant)
-                if args.check:
-                    with _progress(len(projects), f"checking {tenant.name}") as advance:
-                        drifts += check_tenant(client, tenant, topics.names, projects, progress=advance)
-                    continue
-                if args.dry_run:
-                    with _progress(len(projects), f"planning {tenant.name}") as advance:
-                        changes += plan_tenant(client, tenant, topics.names, projects, progress=advance)
-                    continue
-                # Converging re-reads before every round and succeeds only on a read `--check` calls in sync.
-                with _progress(len(projects), f"applying {tenant.name}") as advance:
-                    changes += converge_tenant(client, tenant, topics.names, projects, progress=advance)
-                if not args.no_ping:
-                    pings += _ping(settings, client, tenant, args.ping_timeout, warnings)
-        except AuthApiError as exc:
-            raise _api_failure(tenant, exc) from None
-        except BootstrapError as exc:
-            raise CliError(str(exc)) from None
+        with _session(settings, tenant) as client:
+            scope = Scope.of(client, tenant, args.topics)
+            warnings += [f"tenant {tenant.name}: {w}" for w in scope.topics.warnings]
+            if args.check:
+                with _progress(len(scope.projects), f"checking {tenant.name}") as advance:
+                    drifts += check_tenant(client, scope, progress=advance)
+                continue
+            if args.dry_run:
+                with _progress(len(scope.projects), f"planning {tenant.name}") as advance:
+                    changes += plan_tenant(client, scope, progress=advance)
+                continue
+            # Converging re-reads before every round and succeeds only on a read `--check` calls in sync.
+            with _progress(len(scope.projects), f"applying {tenant.name}") as advance:
+                changes += converge_tenant(client, scope, progress=advance)
+            if not args.no_ping:
+                pings += _ping(settings, client, tenant, args.ping_timeout, warnings)
     for warning in warnings:
         _warn(warning)
     if args.check:
@@ -178,17 +178,11 @@ def _ping(
 ) -> list[PingResult]:
     if tenant.token is None:
         warnings.append(
-            f"tenant {tenant.name}: no token, and the receiver accepts pings only with X-Keytrail-Token; ping skipped"
+            f"tenant {tenant.name}: no token, and the receiver accepts pings only with {SUBSCRIPTION_TOKEN_HEADER}; "
+            "ping skipped"
         )
         return []
-    store = redis_client(settings.redis.url)
-    try:
-        return [ping_round_trip(client, store, tenant, timeout)]
-    except RedisError as exc:
-        where = redacted_url(settings.redis.url)
-        raise CliError(f"cannot confirm the ping: Redis does not answer at {where} ({type(exc).__name__})") from None
-    finally:
-        store.close()
+    return [confirm_ping(client, settings.redis.url, tenant, timeout)]
 
 
 def _report_plan(
@@ -232,26 +226,11 @@ def cmd_unsubscribe(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     _quiet_logging(settings)
     rows: list[dict[str, Any]] = []
+    action = "would delete" if args.dry_run else "deleted"
     for tenant in _tenants(settings, args.tenant):
-        try:
-            require_subscribable(tenant)
-            with AuthApiClient.from_settings(settings, tenant) as client:
-                for project_id in tenant_projects(client, tenant):
-                    desired = desired_for(tenant, project_id, DEFAULT_TOPICS)
-                    for webhook_id in unsubscribe_project(client, desired, dry_run=args.dry_run):
-                        action = "would delete" if args.dry_run else "deleted"
-                        rows.append(
-                            {
-                                "tenant": tenant.name,
-                                "project_id": project_id,
-                                "webhook_id": webhook_id,
-                                "action": action,
-                            }
-                        )
-        except AuthApiError as exc:
-            raise _api_failure(tenant, exc) from None
-        except BootstrapError as exc:
-            raise CliError(str(exc)) from None
+        with _session(settings, tenant) as client:
+            removed = unsubscribe_tenant(client, tenant, dry_run=args.dry_run)
+        rows += [{**dataclasses.asdict(r), "action": action} for r in removed]
     fmt = chosen_format(args.format, sys.stdout)
     if fmt == "json":
         print(json.dumps({"dry_run": args.dry_run, "deleted": rows}, indent=2))
@@ -282,12 +261,7 @@ def cmd_fake_authapi(args: argparse.Namespace) -> int:
         signing_secret=args.signing_secret,
     )
     # Seeded from the config's tenants, so `keytrail subscribe` works against the fake with no extra setup.
-    seeded = 0
-    for tenant in settings.tenants.values():
-        if tenant.access_key is not None:
-            account = tenant.account_id or f"acct-{tenant.name}"
-            state.seed(tenant.access_key.reveal(), account, tenant.project_ids or [f"proj-{tenant.name}"])
-            seeded += 1
+    seeded = state.seed_tenants(settings.tenants.values())
     if args.access_key or not seeded:
         projects = args.project_id or ["proj-fake"]
         for key in args.access_key or [FAKE_ACCESS_KEY]:
