@@ -32,6 +32,7 @@ from audit.chain import HmacSigner, verify
 from audit.stores import AuditStore, RecordQuery, open_store
 from config.logging import configure_logging
 from events.records import Activity, Actor, AuditRecord, Entity, EntityType, Severity
+from events.times import format_utc as iso
 from workers.normalize import record_id
 
 TENANTS = 20
@@ -43,10 +44,6 @@ TOPICS = ("api-key.created", "api-key.firstUsed", "api-key.updated", "api-key.up
 ACTIVITIES = (Activity.CREATE, Activity.OTHER, Activity.UPDATE, Activity.UPDATE, Activity.DELETE)
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 PG_DATABASE = "keytrail_bench"
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,7 @@ def export_rate(store: AuditStore, query: RecordQuery, fmt: str) -> tuple[float,
     """Records/s streaming `query` into /dev/null the way `keytrail audit export` writes them."""
     import csv
 
-    from keytrail.commands.audit import CSV_COLUMNS, csv_row
+    from keytrail.record_output import CSV_COLUMNS, csv_row
 
     count = 0
     began = time.perf_counter()

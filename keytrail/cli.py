@@ -1,7 +1,8 @@
 """The `keytrail` command: parses arguments, loads settings once, and hands them to one subcommand.
 
 Each subcommand lives in `keytrail/commands/<area>.py` and exposes `register(subparsers)`. Failures reach the
-user as one line on stderr and a non-zero exit, never a traceback.
+user as one line on stderr and a non-zero exit, never a traceback. `--config` is taken before the command and after
+any (sub)command, where it wins: every parser the commands add gets it from `Commands`, so none can miss it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from config import ConfigError, Settings, load_settings
 from config.urls import mask_urls
@@ -38,11 +39,55 @@ class CliError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (`keytrail: error: ...`) and exit 2."""
+    """argparse, but a usage error is one line (`keytrail: error: ...`) and exit 2, and subcommands are `Commands`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", Commands)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
         raise SystemExit(2)
+
+
+if TYPE_CHECKING:
+    _SubcommandsAction = argparse._SubParsersAction[Parser]
+else:  # not subscriptable at run time
+    _SubcommandsAction = argparse._SubParsersAction
+
+
+class Commands(_SubcommandsAction):
+    """The subcommands of a `Parser`: each one added, at any depth, also takes `--config`.
+
+    Its default is SUPPRESS: argparse copies a subcommand's parsed values over the ones parsed before it, so only a
+    `--config` actually given after the command may replace the top-level one (which defaults to None)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> Parser:
+        parser = super().add_parser(name, **kwargs)
+        _add_config_option(parser, default=argparse.SUPPRESS, where="; given here, it overrides one before the command")
+        return parser
+
+
+def _add_config_option(parser: argparse.ArgumentParser, *, default: Any, where: str) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=default,
+        metavar="FILE",
+        help=f"TOML config file (default: $KEYTRAIL_CONFIG, else ./keytrail.toml if present){where}",
+    )
+
+
+def command_group(subparsers: Commands, name: str, *, help: str) -> Commands:
+    """`keytrail <name> COMMAND`: a command made of subcommands; alone, it prints its help and exits 2."""
+    group = subparsers.add_parser(name, help=help)
+
+    def print_help(args: argparse.Namespace) -> int:
+        group.print_help()
+        return 2
+
+    group.set_defaults(handler=print_help)
+    return cast(Commands, group.add_subparsers(dest=f"{name}_command", metavar="COMMAND", parser_class=Parser))
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -54,9 +99,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def build_parser() -> Parser:
     parser = Parser(prog="keytrail", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"keytrail {__version__}")
-    parser.add_argument(
-        "--config", type=Path, help="TOML config file (default: $KEYTRAIL_CONFIG, else ./keytrail.toml if present)"
-    )
+    _add_config_option(parser, default=None, where="; may also follow the command, where it wins")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for module_name in COMMAND_MODULES:
         try:

@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from config.settings import DEFAULT_TOPICS, TenantSettings
+from events.times import format_utc
+from events.wire import SIGNATURE_HEADER, TOKEN_HEADER
 
 TOPICS = DEFAULT_TOPICS
 
@@ -21,10 +23,6 @@ class Delivery:
     body: bytes
     headers: dict[str, str]
     secret: str | None  # the raw key or token the body carries (tests check it appears nowhere afterwards)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _random_key(rng: random.Random, prefix: str) -> str:
@@ -41,8 +39,8 @@ def make_entity(topic: str, rng: random.Random, now: datetime) -> tuple[dict[str
         "createdIn": None,
         "lastChangedBy": None if topic.endswith(".created") else "access-key-" + str(rng.randint(1, 9)),
         "lastChangedByType": None if topic.endswith(".created") else "ACCESS_KEY",
-        "createdAt": _iso(created),
-        "updatedAt": _iso(now),
+        "createdAt": format_utc(created),
+        "updatedAt": format_utc(now),
     }
     if topic.startswith("api-key."):
         key = _random_key(rng, rng.choice(["live_", "test_"]))
@@ -89,14 +87,14 @@ def make_delivery(
         body = {
             "id": str(uuid.UUID(int=rng.getrandbits(128))),
             "topic": topic,
-            "createdAt": _iso(moment),
+            "createdAt": format_utc(moment),
             "projectId": entity.get("projectId", entity.get("id")),
             "accountId": entity.get("accountId"),
             "data": entity,
         }
     headers = {"content-type": "application/json", "user-agent": "keytrail-simulate"}
     if tenant.token is not None:
-        headers["x-keytrail-token"] = tenant.token.reveal()
+        headers[TOKEN_HEADER] = tenant.token.reveal()
     if tenant.signing_secrets:
-        headers["theauthapi-signature"] = tenant.signing_secrets[0].reveal()
+        headers[SIGNATURE_HEADER] = tenant.signing_secrets[0].reveal()
     return Delivery(topic, json.dumps(body).encode(), headers, secret)

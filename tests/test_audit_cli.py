@@ -29,7 +29,8 @@ from config import Settings, settings_from_mapping
 from config.datadir import pepper
 from events.redaction import fingerprint
 from keytrail.cli import main
-from keytrail.commands.audit import _export, record_table
+from keytrail.commands.audit import _export
+from keytrail.record_output import record_table
 from workers.normalize import record_id
 
 RAW_KEY = "live_Zx8kP2mQ9vR4tY7uW1eS5dF3gH6jK0lA"

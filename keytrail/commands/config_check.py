@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from config.settings import DEFAULT_TOPICS
-from keytrail.cli import settings_from_args
+from keytrail.cli import Commands, command_group, settings_from_args
 from keytrail.commands.run import with_embedded_defaults
 from keytrail.output import add_format_option, chosen_format, print_rows
 
 
-def register(subparsers: Any) -> None:
-    config = subparsers.add_parser("config", help="configuration tools")
-    commands = config.add_subparsers(dest="config_command", metavar="COMMAND", parser_class=type(config))
+def register(subparsers: Commands) -> None:
+    commands = command_group(subparsers, "config", help="configuration tools")
     check = commands.add_parser("check", help="validate the config; list every problem; show routing")
     add_format_option(check)
     check.set_defaults(handler=cmd_check)
-    config.set_defaults(handler=lambda args: config.print_help() or 2)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

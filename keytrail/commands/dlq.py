@@ -9,18 +9,17 @@ from typing import Any
 from redis import Redis
 
 from broker.queues import DELIVER_QUEUE, JobSerializer, sink_backoff_key, sink_disabled_key
-from keytrail.cli import CliError, settings_from_args
-from keytrail.commands.audit import parse_when
-from keytrail.output import add_format_option, chosen_format, print_rows
+from keytrail.cli import CliError, Commands, command_group, settings_from_args
+from keytrail.commands.audit_query import parse_when
+from keytrail.output import add_format_option, chosen_format, print_rows, progress
 
 COLUMNS = ("updated_at", "sink", "topic", "tenant", "attempts", "reason", "record_id")
 PAGE = 500
 DRY_RUN_CAP = 100_000
 
 
-def register(subparsers: Any) -> None:
-    dlq = subparsers.add_parser("dlq", help="dead letters: list them, replay them")
-    commands = dlq.add_subparsers(dest="dlq_command", metavar="COMMAND", parser_class=type(dlq))
+def register(subparsers: Commands) -> None:
+    commands = command_group(subparsers, "dlq", help="dead letters: list them, replay them")
     listing = commands.add_parser("list", help="dead deliveries, newest first")
     _filters(listing)
     listing.add_argument("--limit", type=int, default=100)
@@ -32,7 +31,6 @@ def register(subparsers: Any) -> None:
     replay.add_argument("--record", help="only this record id")
     replay.add_argument("--dry-run", action="store_true", help="show what would be replayed, change nothing")
     replay.set_defaults(handler=cmd_replay)
-    dlq.set_defaults(handler=lambda args: dlq.print_help() or 2)
 
 
 def _filters(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +107,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 print(f"(counted the newest {DRY_RUN_CAP}; there are more)")
             return 0
         total = sum(states.get("dead", 0) for states in store.count_deliveries().values())
-        with _progress(total) as advance:
+        with progress(total if sys.stderr.isatty() else None, "replaying") as advance:
             # Page by page: each page leaves the dead state as it is reset, so the next query finds the rest.
             while page := store.list_deliveries(states=[DeliveryState.DEAD], limit=PAGE, **query):
                 by_sink: dict[str, list[str]] = {}
@@ -141,25 +139,3 @@ def _summary(counts: dict[str, int], *, dry_run: bool) -> None:
         print(f"{verb} nothing: no dead letters match")
         return
     print(f"{verb} " + ", ".join(f"{n} to {sink}" for sink, n in sorted(counts.items())))
-
-
-class _progress:
-    """A rich progress bar on a terminal; nothing otherwise."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self._bar: Any = None
-
-    def __enter__(self) -> Any:
-        if sys.stderr.isatty() and self.total:
-            from rich.progress import Progress
-
-            self._bar = Progress(transient=True)
-            self._bar.start()
-            task = self._bar.add_task("replaying", total=self.total)
-            return lambda n: self._bar.update(task, advance=n)
-        return lambda n: None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()

@@ -11,23 +11,24 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from redis import Redis
 from redis.exceptions import RedisError
 
 from config import Secret, Settings, SinkSettings, TenantSettings
-from config.datadir import demo_token
+from config.datadir import DEMO_TOKEN_FILE, demo_token
 from config.logging import configure_logging
 from config.settings import display_url
-from keytrail.cli import CliError, settings_from_args
+from events.wire import hook_path
+from keytrail.cli import CliError, Commands, settings_from_args
 
 if TYPE_CHECKING:
     import uvicorn
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Commands) -> None:
     up = subparsers.add_parser("up", help="receiver + workers + scheduler in one command (embedded defaults)")
     up.add_argument("--port", type=int, help="receiver port (default: server.port, 8080)")
     up.set_defaults(handler=cmd_up)
@@ -52,12 +53,12 @@ def with_embedded_defaults(settings: Settings, *, announce: bool, create: bool =
     placeholder that verifies nothing."""
     if settings.tenants or settings.sinks:
         return settings
-    if not create and not (settings.data_dir / "demo-token").exists():
+    if not create and not (settings.data_dir / DEMO_TOKEN_FILE).exists():
         token, created = Secret("not generated yet: run `keytrail up`"), False
     else:
         token, created = demo_token(settings.data_dir)
     if announce and created:
-        print(f"demo tenant token (shown once, kept in {settings.data_dir / 'demo-token'}): {token.reveal()}")
+        print(f"demo tenant token (shown once, kept in {settings.data_dir / DEMO_TOKEN_FILE}): {token.reveal()}")
     return dataclasses.replace(
         settings,
         tenants={"demo": TenantSettings(name="demo", token=token)},
@@ -92,7 +93,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     for sink in build_sinks(settings).values():  # fail fast, with every problem, before taking work
         sink.close()
-    from workers.runner import QUEUES, run_worker
+    from broker.queues import QUEUES
+    from workers.runner import run_worker
     from workers.supervisor import Supervisor
 
     if args.queue != "all":
@@ -204,8 +206,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     host, port = settings.server.host, args.port or settings.server.port
     if not _port_free(host, port):
         raise CliError(f"port {port} on {host} is in use; pass --port or set server.port")
+    from broker.queues import QUEUES
     from ingest.server import serve
-    from workers.runner import QUEUES
     from workers.supervisor import Supervisor
 
     with private_redis(settings):
@@ -214,7 +216,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         supervisor.start()
         # Restarts stop as soon as uvicorn sees Ctrl-C/SIGTERM, so no worker starts during the shutdown.
         supervisor.run_in_thread(lambda: server.should_exit)
-        print(f"keytrail is up: POST http://{host}:{port}/hooks/theauthapi/<tenant>  (Ctrl-C stops)")
+        print(f"keytrail is up: POST http://{host}:{port}{hook_path('<tenant>')}  (Ctrl-C stops)")
         try:
             serve(server)
         finally:

@@ -6,16 +6,17 @@ import argparse
 import random
 import time
 from collections import Counter
-from typing import Any
 
 import httpx
 
-from keytrail.cli import CliError, settings_from_args
+from config.datadir import DEMO_TOKEN_FILE
+from events.wire import hook_url
+from keytrail.cli import CliError, Commands, settings_from_args
 from keytrail.commands.run import with_embedded_defaults
 from keytrail.simulation import TOPICS, make_delivery
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Commands) -> None:
     parser = subparsers.add_parser("simulate", help="send realistic, verified deliveries of all 8 topics")
     parser.add_argument("--tenant", default=None, help="tenant to send as (default: the only/first configured)")
     parser.add_argument("--count", type=int, default=16, help="deliveries to send (default 16)")
@@ -29,7 +30,7 @@ def register(subparsers: Any) -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     configured = settings_from_args(args)
     embedded = not configured.tenants and not configured.sinks
-    if embedded and not (configured.data_dir / "demo-token").exists():
+    if embedded and not (configured.data_dir / DEMO_TOKEN_FILE).exists():
         raise CliError(f"no demo token in {configured.data_dir}: start `keytrail up` (or `keytrail serve`) first")
     settings = with_embedded_defaults(configured, announce=False, create=False)
     if args.count < 1:
@@ -39,7 +40,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if tenant is None:
         raise CliError(f"unknown tenant {name!r} (configured: {', '.join(settings.tenants) or 'none'})")
     base = (args.url or f"http://{settings.server.host}:{settings.server.port}").rstrip("/")
-    url = f"{base}/hooks/theauthapi/{name}"
+    url = hook_url(base, name)
     rng = random.Random(args.seed)  # noqa: S311 - test data
     statuses: Counter[str] = Counter()
     interval = 1 / args.rate if args.rate > 0 else 0.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -13,11 +12,12 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 
 from broker.queues import DELIVER_QUEUE, INGEST_QUEUE, JobSerializer, alive_key, consumers_key, sink_disabled_key
 from config.settings import display_url
-from keytrail.cli import CliError, settings_from_args
+from keytrail.cli import CliError, Commands, settings_from_args
+from keytrail.commands.audit_query import audit_store
 from keytrail.output import add_format_option, chosen_format, print_rows
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Commands) -> None:
     status = subparsers.add_parser("status", help="queues, workers and Redis at a glance")
     add_format_option(status)
     status.set_defaults(handler=cmd_status)
@@ -42,7 +42,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
     except RedisError as exc:
         raise CliError(f"Redis does not answer at {display_url(settings.redis.url)}: {type(exc).__name__}") from None
-    deliveries = _deliveries(settings.audit.url)
+    with audit_store(settings) as store:
+        deliveries = store.count_deliveries()
     names = sorted(set(deliveries) | {s.name for s in settings.sinks})
     try:
         disabled = {name for name in names if redis.exists(sink_disabled_key(name))}
@@ -75,16 +76,3 @@ def _live_workers(redis: Redis, queue: str) -> int:
         for name in names:
             pipe.exists(alive_key(name.decode()))
         return sum(bool(alive) for alive in pipe.execute())
-
-
-def _deliveries(url: str) -> dict[str, dict[str, int]]:
-    from audit.stores import StoreUnavailable, open_store
-
-    try:
-        store = open_store(url)
-    except StoreUnavailable as exc:
-        raise CliError(f"audit store unavailable: {exc}") from None
-    try:
-        return store.count_deliveries()
-    finally:
-        store.close()
