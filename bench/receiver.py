@@ -1,9 +1,16 @@
-"""Receiver throughput against a bare Starlette POST handler, measured with wrk in the same run.
+"""Receiver throughput against a bare POST handler, measured with wrk in the same run.
 
 Prints requests/s for both, the ratio (target >= 0.60), keytrail's p99 latency and the receiver's peak RSS.
 Each server is one uvicorn process on 127.0.0.1; rounds alternate bare/keytrail so machine noise hits both.
+Both servers get the same requests, each with both verification headers (`X-Keytrail-Token` and
+`theauthapi-signature`, in its static form) and a distinct event GUID and raw key.
 
-    .venv/bin/python bench/receiver.py [--seconds 8] [--rounds 2] [--connections 32]
+The defaults measure what earlier figures measured: a Starlette route as the baseline, and a bench tenant that
+checks only the token (the signature header is ignored). `--baseline asgi --verify both` is the stricter
+comparison of issue 10: the plainest handler (no routing, no JSON) against a tenant that checks both headers.
+
+    .venv/bin/python bench/receiver.py [--seconds 8] [--rounds 2] [--connections 32] [--baseline asgi]
+        [--verify both] [--redis-url redis://127.0.0.1:6379/12]
 """
 
 from __future__ import annotations
@@ -25,9 +32,12 @@ from redis import Redis
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 TOKEN = "bench-token-0123456789"
+SIGNING_SECRET = "whsec_benchsigningsecret0123456789"  # the bench tenant's, nobody else's
 ROOT = Path(__file__).resolve().parent.parent
 
-BARE_APP = """
+BARE_APPS = {
+    # A Starlette route answering JSON: the baseline of every figure before issue 10.
+    "starlette": """
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -37,7 +47,22 @@ async def hook(request):
     return JSONResponse({"event_id": str(len(body))}, status_code=202)
 
 app = Starlette(routes=[Route("/hooks/theauthapi/{tenant}", hook, methods=["POST"])])
-"""
+""",
+    # The plainest handler uvicorn can run: read the body, answer 202 with fixed bytes; no routing, no JSON.
+    "asgi": """
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"2")]
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 202, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": b"{}"})
+""",
+}
 
 # Every request carries a distinct event GUID and a raw key, like real deliveries.
 WRK_SCRIPT = """
@@ -45,6 +70,7 @@ counter = 0
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-Keytrail-Token"] = "%(token)s"
+wrk.headers["theauthapi-signature"] = "%(secret)s"
 request = function()
   counter = counter + 1
   local body = string.format('{"id":"evt-%%d-%%d","topic":"api-key.created","createdAt":"2026-11-28T10:00:00.000Z",'
@@ -109,18 +135,25 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--redis-url", default=REDIS_URL, help="e.g. a Redis with appendfsync always")
+    parser.add_argument(
+        "--baseline", choices=sorted(BARE_APPS), default="starlette", help="the bare handler (default: starlette)"
+    )
+    parser.add_argument(
+        "--verify", choices=["token", "both"], default="token", help="what the bench tenant checks (default: token)"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("bench/receiver.py needs wrk (apt-get install wrk)")
     redis = Redis.from_url(args.redis_url)
     work = Path(tempfile.mkdtemp(prefix="keytrail-bench-"))
-    (work / "bare.py").write_text(BARE_APP)
+    (work / "bare.py").write_text(BARE_APPS[args.baseline])
     script = work / "post.lua"
-    script.write_text(WRK_SCRIPT % {"token": TOKEN})
+    script.write_text(WRK_SCRIPT % {"token": TOKEN, "secret": SIGNING_SECRET})
+    signing = f'signing_secrets = ["{SIGNING_SECRET}"]\n' if args.verify == "both" else ""
     config = work / "keytrail.toml"
     config.write_text(
         f'data_dir = "{work / "data"}"\nlog_level = "warning"\n[redis]\nurl = "{args.redis_url}"\n'
-        f'[ingest]\nhigh_water_mark = 100000000\n[tenants.bench]\ntoken = "{TOKEN}"\n'
+        f'[ingest]\nhigh_water_mark = 100000000\n[tenants.bench]\ntoken = "{TOKEN}"\n{signing}'
         f'[[sinks]]\nname = "file"\ntype = "file"\npath = "{work / "out.jsonl"}"\n'
     )
     results: dict[str, list[float]] = {"bare": [], "keytrail": []}
@@ -159,8 +192,8 @@ def main() -> int:
                 server.wait(timeout=20)
             print(f"  {name:9s} {rps:9.0f} req/s  p99 {p99:7.2f} ms", file=sys.stderr)
     bare, ours = statistics.median(results["bare"]), statistics.median(results["keytrail"])
-    print(f"bare starlette handler : {bare:9.0f} req/s (median of {args.rounds})")
-    print(f"keytrail receiver      : {ours:9.0f} req/s (verify + redact + group commit to Redis)")
+    print(f"bare {args.baseline:9s} handler : {bare:9.0f} req/s (median of {args.rounds})")
+    print(f"keytrail receiver      : {ours:9.0f} req/s (verify {args.verify} + redact + group commit to Redis)")
     print(f"ratio                  : {ours / bare:9.2f}  (target >= 0.60)")
     print(f"keytrail p99 latency   : {statistics.median(p99s):9.2f} ms at {args.connections} connections")
     print(f"keytrail peak RSS      : {max(rss):9.1f} MiB")

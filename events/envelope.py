@@ -17,7 +17,9 @@ TIME_FIELDS = ("createdAt", "timestamp", "time", "occurredAt", "sentAt")
 GUID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{7,127}$")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs ~3x (one object.__setattr__ per field), and the receiver builds
+# one per delivery; nothing mutates an Envelope.
+@dataclass(slots=True)
 class Envelope:
     topic: str | None
     entity: dict[str, Any]

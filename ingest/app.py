@@ -11,7 +11,6 @@ body keyed by the pepper (the name is kept for the record contract), never a pla
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,14 +43,14 @@ from config.datadir import pepper as load_pepper
 from config.settings import Settings, TenantSettings
 from events.envelope import event_key, parse_envelope
 from events.redaction import Redactor, TooDeep
+from events.times import now_utc
+from events.wire import HOOK_PREFIX, PING_FIELD, PING_MARKER, SUBSCRIPTION_TOKEN_HEADER
 from ingest.committer import AcceptedEvent, CommitFailed, GroupCommitter
 from ingest.health import unserved_queues
 from ingest.metrics import ReceiverMetrics
 from ingest.verification import VerificationFailed, verify_signature, verify_token
 
 log = structlog.get_logger("keytrail.ingest")
-PING_MARKER = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
-HOOK_PREFIX = "/hooks/theauthapi/"
 UNKNOWN_TENANT = "-"  # the one metrics label every unconfigured tenant name shares
 
 
@@ -79,18 +78,6 @@ def _state(request: Request) -> ReceiverState:
     return state
 
 
-_second_prefix: list[Any] = [-1, ""]
-
-
-def _now_iso() -> str:
-    """UTC now as `2026-11-28T10:00:00.123Z`; the per-second prefix is formatted once (this runs per request)."""
-    now = time.time()
-    second = int(now)
-    if _second_prefix[0] != second:
-        _second_prefix[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_second_prefix[1]}.{int((now - second) * 1000):03d}Z"
-
-
 def _parse_json(body: bytes) -> Any:
     """orjson only: what it refuses (see the module docstring) could not be stored faithfully anyway, and it never
     recurses out (no stdlib fallback: that one raised RecursionError and ValueError on hostile input)."""
@@ -106,7 +93,7 @@ def _ping_marker(body: bytes) -> str | None:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    marker = payload.get("keytrail_ping") if isinstance(payload, dict) else None
+    marker = payload.get(PING_FIELD) if isinstance(payload, dict) else None
     return marker if isinstance(marker, str) else None
 
 
@@ -124,8 +111,8 @@ def _verify(tenant: TenantSettings, headers: Mapping[str, str], body: bytes) -> 
         marker = _ping_marker(body) if tenant.token is not None else None
         if marker is not None:
             return marker
-        if tenant.token is None and b"keytrail_ping" in body:  # a hint without parsing an unverified body
-            raise Rejected(401, "pings need the tenant token (X-Keytrail-Token)") from None
+        if tenant.token is None and PING_FIELD.encode() in body:  # a hint without parsing an unverified body
+            raise Rejected(401, f"pings need the tenant token ({SUBSCRIPTION_TOKEN_HEADER})") from None
         raise Rejected(401, exc.reason) from None
     return None
 
@@ -159,7 +146,7 @@ async def handle_webhook(
         payload = _parse_json(body)
         if not isinstance(payload, dict):
             raise Rejected(400, "body must be a JSON object")
-        marker = payload.get("keytrail_ping")
+        marker = payload.get(PING_FIELD)
         if isinstance(marker, str):
             return await _receive_ping(state, tenant_name, marker)
         try:
@@ -175,7 +162,7 @@ async def handle_webhook(
             tenant=tenant_name,
             event_key=event_key(envelope, digest),
             topic=envelope.topic,
-            received_at=_now_iso(),
+            received_at=now_utc(),
             raw_sha256=digest,
             body=orjson.dumps(redacted).decode(),
         )
@@ -198,9 +185,9 @@ async def _receive_ping(state: ReceiverState, tenant_name: str, marker: str) -> 
     The Auth API may not add `theauthapi-signature` to pings, so a ping needs only the token, which the caller
     has already checked; a tenant without a token cannot take pings."""
     if state.settings.tenants[tenant_name].token is None:
-        raise Rejected(401, "pings need the tenant token (X-Keytrail-Token)")
+        raise Rejected(401, f"pings need the tenant token ({SUBSCRIPTION_TOKEN_HEADER})")
     if not PING_MARKER.match(marker):
-        raise Rejected(400, "keytrail_ping marker must be 1-128 of [A-Za-z0-9_-]")
+        raise Rejected(400, f"{PING_FIELD} marker must be 1-128 of [A-Za-z0-9_-]")
     try:
         await state.redis.set(ping_key(tenant_name, marker), str(int(time.time() * 1000)), ex=PING_TTL_SECONDS)
     except RedisError:
@@ -212,8 +199,9 @@ async def _receive_ping(state: ReceiverState, tenant_name: str, marker: str) -> 
 
 async def _over_high_water(state: ReceiverState) -> bool:
     committer = state.committer
-    with contextlib.suppress(RedisError):
-        await committer.refresh_if_stale()
+    if committer.stale():  # checked before any await: on most deliveries there is nothing to read
+        with contextlib.suppress(RedisError):
+            await committer.refresh_depth()
     return committer.queue_depth >= state.settings.ingest.high_water_mark
 
 

@@ -2,9 +2,9 @@
 
 Why: an RQ job per request caps the receiver at ~6% of a bare handler's throughput on this hardware, and a worker
 drains a few hundred jobs a second. So requests wait a few milliseconds (or until `batch_max_events` arrive),
-the batch is written in one MULTI/EXEC pipeline, and every request is answered only after Redis acknowledged it.
-The write goes out on the event loop (redis.asyncio), not a thread: a thread would have to win the GIL from the
-busy request loop for every step of the write, which tripled its latency under load.
+the batch is written in one atomic call of a Lua script (broker/enqueue.py), and every request is answered only
+after Redis acknowledged it. The write goes out on the event loop (redis.asyncio), not a thread: a thread would have
+to win the GIL from the busy request loop for every step of the write, which tripled its latency under load.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class GroupCommitter:
                 future.set_result(None)
 
     async def _write(self, events: Sequence[AcceptedEvent]) -> int:
-        """One MULTI/EXEC: the job and its queue entry land together or not at all. Returns the queue length."""
+        """One script call: the job and its queue entry land together or not at all. Returns the queue length."""
         job = Queue.prepare_data(
             NORMALIZE_JOB,
             args=([event.as_job_arg() for event in events],),
@@ -188,7 +188,7 @@ class GroupCommitter:
         self.consumers_alive, self.consumers_at = bool(consumers), self.queue_depth_at
         return self.queue_depth
 
-    async def refresh_if_stale(self, max_age: float = 1.0) -> None:
-        """Batches refresh the depth for free; this reads Redis only when that, or the consumers flag, is older."""
-        if time.monotonic() - min(self.queue_depth_at, self.consumers_at) > max_age:
-            await self.refresh_depth()
+    def stale(self, max_age: float = 1.0) -> bool:
+        """Whether the depth or the consumers flag is older than `max_age` seconds (batches refresh the depth for
+        free). A plain method, not a coroutine: the receiver asks on every delivery and is usually told no."""
+        return time.monotonic() - min(self.queue_depth_at, self.consumers_at) > max_age

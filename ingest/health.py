@@ -6,15 +6,13 @@ from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
 
-from broker.queues import DELIVER_QUEUE, INGEST_QUEUE, alive_key, consumers_key
-
-QUEUES = (INGEST_QUEUE, DELIVER_QUEUE)
+from broker.queues import QUEUES, alive_key, consumers_key
 
 
 async def unserved_queues(redis: AsyncRedis) -> dict[str, int]:
     """Queues with jobs waiting (queued, or scheduled for a retry) and no live consumer: queue -> jobs waiting.
 
-    Live means the worker's liveness key exists (workers/recovery.py refreshes it every second or so); RQ's own
+    Live means the worker's liveness key exists (workers/liveness.py refreshes it every second or so); RQ's own
     worker registry is not used, because it keeps a killed worker for minutes."""
     async with redis.pipeline(transaction=False) as pipe:
         for queue in QUEUES:
