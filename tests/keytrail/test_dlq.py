@@ -19,7 +19,7 @@ from keytrail.cli import main
 from keytrail.simulation import TOPICS, make_delivery
 from workers.runner import run_worker
 
-PLUGINS = str(Path(__file__).parent / "plugins")
+PLUGINS = str(Path(__file__).parent.parent / "plugins")
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from config.logging import configure_logging
 from ingest.app import create_app
 from keytrail.simulation import TOPICS, make_delivery
 
-PLUGINS = str(Path(__file__).parent / "plugins")
+PLUGINS = str(Path(__file__).parent.parent / "plugins")
 
 
 @pytest.fixture

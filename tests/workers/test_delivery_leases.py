@@ -26,7 +26,7 @@ from config import Settings
 from workers.jobs import enqueue_deliveries
 from workers.runtime import Runtime
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEC_TOKEN = "11111111-2222-3333-4444-555555555555"
 EVENTS = 1000
 
