@@ -3,9 +3,13 @@ FROM python:3.12-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY config ./config
+COPY events ./events
+COPY broker ./broker
+COPY audit ./audit
+COPY sinks ./sinks
 COPY ingest ./ingest
 COPY workers ./workers
-COPY sinks ./sinks
+COPY authapi ./authapi
 COPY keytrail ./keytrail
 RUN pip install --no-cache-dir . && useradd --system --home /data keytrail && mkdir -p /data && chown keytrail /data
 USER keytrail
