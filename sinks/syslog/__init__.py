@@ -7,7 +7,8 @@ What "delivered" means depends on the transport, and the transport is the operat
 
 - `relp` (rsyslog's Reliable Event Logging Protocol): a record is delivered when the server answered `rsp 200` for
   its transaction number. This is the only transport with application-level acknowledgements; its client is written
-  here (`relp`), as no maintained Python one exists.
+  here (`relp`), as no maintained Python one exists. With `tls = true` the RELP session runs inside TLS
+  (CA, client certificate and name checks as for `transport = "tls"`), like rsyslog imrelp's `tls="on"`.
 - `tcp` / `tls` (RFC 6587 / RFC 5425): a successful write() only means the bytes reached our kernel. Before counting
   a batch as delivered we wait until the peer's TCP stack has acknowledged every byte (Linux `SIOCOUTQ` reads 0) and
   check that the peer has not closed the connection meanwhile. A peer that reads and then drops data can still lose

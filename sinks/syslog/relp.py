@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from events.version import VERSION
+from sinks.errors import SinkUnavailable
 from sinks.syslog.transports import Stream, classify
 
 # RELP client (https://github.com/rsyslog/librelp/blob/master/doc/relp.html): frames are
@@ -22,6 +24,10 @@ from sinks.syslog.transports import Stream, classify
 
 class RelpError(Exception):
     """The RELP peer broke the protocol, refused the session, or closed it."""
+
+
+class RelpClosed(RelpError):
+    """The RELP peer closed the connection or sent `serverclose`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +107,7 @@ class RelpTransport:
                 break
             chunk = sock.recv(65536)
             if not chunk:
-                raise RelpError("RELP server closed the connection")
+                raise RelpClosed("RELP server closed the connection")
             self._buffer += chunk
         return frames
 
@@ -116,13 +122,20 @@ class RelpTransport:
             txnr = self._next_txnr()
             sock.sendall(encode_relp(txnr, b"open", offer))
             answer = self._read_frames(sock)[0]
+            if answer.command == b"serverclose":
+                raise RelpClosed("RELP server closed the session before answering open")
             if answer.command != b"rsp" or answer.txnr != txnr or not answer.data.startswith(b"200"):
                 raise RelpError(f"RELP server refused the session: {answer.data[:80]!r}")
             if b"syslog" not in _relp_offers(answer.data).get(b"commands", b"").split(b","):
                 raise RelpError("RELP server does not offer the syslog command")
         except (OSError, RelpError) as exc:
             self.stream.close()
-            raise classify(exc, self.stream.where) from None
+            error = classify(exc, self.stream.where)
+            if self.stream.tls is not None and isinstance(exc, RelpClosed | ConnectionError | ssl.SSLError):
+                # Under TLS 1.3 a server that refuses our client certificate (none, untrusted, or a name it does not
+                # permit) says so only after our handshake returned: the session then ends before `open` is answered.
+                raise SinkUnavailable(f"{error.reason} (client certificate refused?)", alert=True) from None
+            raise error from None
         return sock
 
     def deliver(self, messages: Sequence[bytes]) -> list[str | None]:

@@ -51,8 +51,10 @@ class SyslogSink:
     Options (with defaults): `host` (required), `port` (514 udp/tcp, 6514 tls, 2514 relp), `transport` ("tcp"),
     `format` ("rfc5424" | "cef"), `framing` ("octet" | "newline", tcp/tls only), `facility` ("authpriv"; a name or
     0-23), `app_name` ("keytrail"), `hostname` (this machine's), `sd_id` ("keytrail@32473"), `max_message` (2048 udp,
-    8096 otherwise), `timeout` (10 s), `window` (relp: 128 unacknowledged frames), and for tls `ca_file`,
-    `cert_file`, `key_file`, `server_name` (default: host).
+    8096 otherwise), `timeout` (10 s), `window` (relp: 128 unacknowledged frames), `tls` (relp only: false; true
+    wraps the RELP session in TLS, as rsyslog's imrelp `tls="on"`), and for tls, or relp with tls, `ca_file`,
+    `cert_file` (client certificate; `key_file` unless the key is in the same PEM), `key_file`, `server_name`
+    (default: host).
     """
 
     def __init__(
@@ -103,31 +105,21 @@ class SyslogSink:
         max_message = opts.integer("max_message", default_max, minimum=480, maximum=65507)
         timeout = opts.number("timeout", 10.0, minimum=0.1)
         window = opts.integer("window", 128, minimum=1, maximum=10_000)
-        files = TlsFiles(
-            opts.optional_string("ca_file"), opts.optional_string("cert_file"), opts.optional_string("key_file")
-        )
-        server_name = opts.optional_string("server_name")
-        if kind != "tls":
-            for key in ("ca_file", "cert_file", "key_file", "server_name"):
-                if settings.options.get(key) is not None:
-                    opts.problems.append(f'sinks.{settings.name}.{key}: applies to transport = "tls" only')
         if kind != "relp" and settings.options.get("window") is not None:
             opts.problems.append(f'sinks.{settings.name}.window: applies to transport = "relp" only')
-        context: ssl.SSLContext | None = None
-        if kind == "tls" and not opts.problems:
-            try:
-                context = tls_context(files)
-            except (OSError, ssl.SSLError) as exc:
-                what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                opts.problems.append(f"sinks.{settings.name}: cannot load TLS files: {what}")
+        server_name = opts.optional_string("server_name")
+        context = _tls_options(opts, kind)
         opts.finish()
 
         built: MessageTransport
         if kind == "udp":
             built = UdpTransport(host, port)
+        elif kind == "relp":
+            scheme = "relp+tls" if context is not None else "relp"
+            stream = Stream(host, port, timeout=timeout, tls=context, server_name=server_name, scheme=scheme)
+            built = RelpTransport(stream, window=window)
         else:
-            stream = Stream(host, port, timeout=timeout, tls=context, server_name=server_name)
-            built = RelpTransport(stream, window=window) if kind == "relp" else StreamTransport(stream, framing)
+            built = StreamTransport(Stream(host, port, timeout=timeout, tls=context, server_name=server_name), framing)
         header = Header(facility=facility, hostname=hostname, app_name=app_name, sd_id=sd_id)
         return cls(
             settings.name, built, header=header, message_format=message_format, max_message=max_message, framing=framing
@@ -172,6 +164,41 @@ def _facility(opts: Options) -> int:
         return opts.integer("facility", FACILITIES["authpriv"], minimum=0, maximum=23)
     name = opts.string("facility", "authpriv", choices=tuple(FACILITIES))
     return FACILITIES.get(name, FACILITIES["authpriv"])
+
+
+def _tls_options(opts: Options, kind: Transport) -> ssl.SSLContext | None:
+    """The client TLS context for `tls`, or for `relp` with `tls = true`; None for plain transports. Problems with
+    the TLS options go to `opts.problems`, one line each."""
+    name, given = opts.settings.name, opts.settings.options
+    files = TlsFiles(
+        opts.optional_string("ca_file"), opts.optional_string("cert_file"), opts.optional_string("key_file")
+    )
+    relp_tls = opts.boolean("tls", False)
+    if kind != "relp" and given.get("tls") is not None:
+        opts.problems.append(f'sinks.{name}.tls: applies to transport = "relp" only')
+    if kind != "tls" and not (kind == "relp" and relp_tls):
+        for key in ("ca_file", "cert_file", "key_file", "server_name"):
+            if given.get(key) is not None:
+                opts.problems.append(
+                    f'sinks.{name}.{key}: applies to transport = "tls", or "relp" with tls = true, only'
+                )
+        return None
+    if files.key_file and not files.cert_file:
+        opts.problems.append(f"sinks.{name}.key_file: needs cert_file (the client certificate)")
+    if opts.problems:
+        return None
+    try:
+        return tls_context(files)
+    except (OSError, ssl.SSLError) as exc:
+        opts.problems.append(_tls_files_problem(name, files, exc))
+        return None
+
+
+def _tls_files_problem(sink: str, files: TlsFiles, exc: OSError | ssl.SSLError) -> str:
+    if files.cert_file and not files.key_file and isinstance(exc, ssl.SSLError):
+        return f"sinks.{sink}.cert_file: cannot load the client certificate with its key (no key_file given): {exc}"
+    what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"sinks.{sink}: cannot load TLS files: {what}"
 
 
 def _valid_sd_name(name: str) -> bool:

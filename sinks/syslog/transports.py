@@ -97,9 +97,16 @@ class Stream:
     """A TCP connection, optionally TLS, that is reused until the peer closes it."""
 
     def __init__(
-        self, host: str, port: int, *, timeout: float, tls: ssl.SSLContext | None, server_name: str | None
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        tls: ssl.SSLContext | None,
+        server_name: str | None,
+        scheme: str | None = None,
     ) -> None:
-        scheme = "tls" if tls is not None else "tcp"
+        scheme = scheme or ("tls" if tls is not None else "tcp")
         self.where = f"{scheme} {host}:{port}"
         self.host = host
         self.port = port
@@ -119,7 +126,7 @@ class Stream:
             if self.tls is not None:
                 secured = self.tls.wrap_socket(sock, server_hostname=self.server_name)
                 if secured.version() == "TLSv1.3":
-                    _confirm_tls13(secured, self.timeout)
+                    _confirm_tls13(secured, self.timeout, self.where)
                 sock = secured
         except OSError as exc:
             raise classify(exc, self.where) from None
@@ -154,12 +161,13 @@ def peer_open(sock: socket.socket, timeout: float) -> bool:
     return False
 
 
-def _confirm_tls13(sock: socket.socket, timeout: float) -> None:
+def _confirm_tls13(sock: socket.socket, timeout: float, where: str) -> None:
     readable, _, _ = select.select([sock], [], [], min(timeout, _TLS13_CONFIRM_SECONDS))
     if readable and not peer_open(sock, timeout):
         sock.close()
         raise SinkUnavailable(
-            "TLS peer closed the connection right after the handshake (client certificate refused?)", alert=True
+            f"{where}: TLS peer closed the connection right after the handshake (client certificate refused?)",
+            alert=True,
         )
 
 

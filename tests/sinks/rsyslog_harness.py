@@ -1,4 +1,5 @@
-"""A private rsyslogd on free 127.0.0.1 ports (UDP, TCP, PTCP, TLS, mutual TLS, RELP) that the syslog tests send to.
+"""A private rsyslogd on free 127.0.0.1 ports (UDP, TCP, PTCP, TLS, mutual TLS, RELP, RELP over TLS with and
+without client-certificate name checking) that the syslog tests send to.
 
 rsyslog writes one JSON object per message it received, exposing what it parsed: PRI, facility, severity, timestamp,
 hostname, app-name, procid, msgid, the raw structured data, MSG, the input it came in on, and `parsed`, the JSON that
@@ -19,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-INPUTS = ("udp", "tcp", "ptcp", "tls", "mtls", "relp")
+INPUTS = ("udp", "tcp", "ptcp", "tls", "mtls", "relp", "relp_tls", "relp_mtls", "relp_other_peer")
+# imrelp with tls.authMode="name" admits only clients whose certificate (from the CA) names a permitted peer:
+# `relp_mtls` permits our client certificate's name, `relp_other_peer` only a name it does not carry.
+RELP_PERMITTED_PEER = "keytrail-client"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 15.0
 
@@ -127,7 +131,9 @@ main_queue(queue.timeoutShutdown="10000")
 module(load="imudp")
 module(load="imtcp")
 module(load="imptcp")
-module(load="imrelp")
+# OpenSSL, not GnuTLS: librelp's GnuTLS server demands a client certificate whenever it has one of its own ("peer
+# did not provide a certificate"), so one-way TLS (server certificate only, as `relp_tls` is) works only with OpenSSL.
+module(load="imrelp" tls.tlslib="openssl")
 module(load="mmpstrucdata")
 module(load="mmnormalize")
 input(type="imudp"  address="127.0.0.1" port="{udp}"  name="kt_udp")
@@ -138,6 +144,14 @@ input(type="imtcp"  address="127.0.0.1" port="{tls}"  name="kt_tls"
 input(type="imtcp"  address="127.0.0.1" port="{mtls}" name="kt_mtls"
       streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="x509/certvalid")
 input(type="imrelp" address="127.0.0.1" port="{relp}" name="kt_relp")
+input(type="imrelp" address="127.0.0.1" port="{relp_tls}" name="kt_relp_tls"
+      tls="on" tls.caCert="{ca}" tls.myCert="{cert}" tls.myPrivKey="{key}")
+input(type="imrelp" address="127.0.0.1" port="{relp_mtls}" name="kt_relp_mtls"
+      tls="on" tls.caCert="{ca}" tls.myCert="{cert}" tls.myPrivKey="{key}"
+      tls.authMode="name" tls.permittedPeer=["{permitted_peer}"])
+input(type="imrelp" address="127.0.0.1" port="{relp_other_peer}" name="kt_relp_other_peer"
+      tls="on" tls.caCert="{ca}" tls.myCert="{cert}" tls.myPrivKey="{key}"
+      tls.authMode="name" tls.permittedPeer=["someone-else"])
 
 template(name="parsed" type="list" option.jsonf="on") {{
   property(outname="input" name="inputname" format="jsonf")
@@ -187,6 +201,7 @@ class Rsyslog:
                 key=certs.server_key,
                 out=self.output,
                 internal=self.internal,
+                permitted_peer=RELP_PERMITTED_PEER,
                 **self.ports,
             )
         )
