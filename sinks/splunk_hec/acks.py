@@ -37,13 +37,22 @@ def classify_ack(status: int, body: bytes | Mapping[str, Any]) -> dict[int, bool
 
 class AckChannel:
     """One channel per sink object, i.e. per worker process: ackIds are only meaningful on the channel that sent
-    the events. `auth` gives the request headers (with the token) per poll, so no attribute holds them."""
+    the events, and on the indexer that issued them (§1.5). Behind a load balancer the client's cookie jar carries
+    the LB's stickiness cookie (AWSALB and the like), so polls reach the indexer that took the POST.
+    `auth` gives the request headers (with the token and the channel) per poll, so no attribute holds them."""
 
     def __init__(self, client: httpx.Client, base_url: str, auth: Callable[[], dict[str, str]]) -> None:
         self.id = str(uuid.uuid4())
         self.url = base_url + ACK_PATH
         self._client = client
         self._auth = auth
+
+    def rotate(self) -> None:
+        """Start a fresh channel. After a send that left ackIds unconfirmed, or got one ackId from two indexers,
+        those ids may still be pending on some indexer, where a later poll of the same number could read true for
+        a batch it never held. A new channel starts at 0 with nothing pending anywhere (kafka-connect-splunk#162
+        does the same on an ackId it already holds)."""
+        self.id = str(uuid.uuid4())
 
     def poll(self, ack_ids: list[int]) -> dict[int, bool] | SinkUnavailable:
         try:

@@ -82,15 +82,19 @@ class SplunkHecSink:
         self._headers = {"Content-Type": "application/json"}
         self._owns_client = client is None
         # trust_env off: TLS and proxies come from keytrail's settings, which are read in one place. The client keeps
-        # cookies, which is what keeps ack polls on the indexer that took the POST behind a sticky load balancer.
+        # cookies (httpx's default jar, one per sink and so per channel), which is what keeps ack polls on the indexer
+        # that took the POST behind a cookie-sticky load balancer. An injected client should not be shared between
+        # sinks that use acks, or their channels share one stickiness cookie.
         self._client = (
             client
             if client is not None
             else http.build_client(timeout, verify_tls=verify_tls, ca_file=ca_file, trust_env=False, limits=POOL_LIMITS)
         )
         self._acks = AckChannel(self._client, self.base_url, self._auth)
-        if ack:
-            self._headers[CHANNEL_HEADER] = self._acks.id
+        # Set once two indexers answered our channel (an LB that is not sticky): from then on one request at a time
+        # waits for its ack before the next is sent, so only one ackId is ever pending and a `true` is never another
+        # indexer's. Slower, but every ack stays trustworthy and every batch still gets through.
+        self._one_in_flight = False
 
     @property
     def channel(self) -> str:
@@ -143,11 +147,13 @@ class SplunkHecSink:
             except (TypeError, ValueError) as exc:
                 report.set(record.record_id, Outcome.REJECTED, f"cannot render as HEC JSON: {exc}")
         work: deque[list[_Item]] = deque(self._requests(items))
-        awaiting: dict[int, list[_Item]] = {}
+        awaiting: dict[int, list[list[_Item]]] = {}
         failure: SinkError | None = None
         while work and failure is None:
             chunk = work.popleft()
             failure = self._settle(chunk, self._post(chunk), report, work, awaiting)
+            if awaiting and self._one_in_flight:
+                failure = self._await_acks(awaiting, report) or failure
         if awaiting:
             ack_failure = self._await_acks(awaiting, report)
             failure = failure or ack_failure
@@ -166,7 +172,7 @@ class SplunkHecSink:
         verdict: Verdict,
         report: DeliveryReport,
         work: deque[list[_Item]],
-        awaiting: dict[int, list[_Item]],
+        awaiting: dict[int, list[list[_Item]]],
     ) -> SinkError | None:
         """Apply one request's verdict: mark outcomes, queue the re-sends HEC asked for (first in line, in order),
         park acked requests in `awaiting`. Returns the error that stops this send, with `chunk` back in `work`."""
@@ -175,7 +181,8 @@ class SplunkHecSink:
                 _mark(report, chunk, Outcome.DELIVERED)
                 return None
             if verdict.ack_id is not None:
-                awaiting[verdict.ack_id] = chunk
+                # Two requests with one ackId: more than one indexer answers this channel (§1.5); see _await_acks.
+                awaiting.setdefault(verdict.ack_id, []).append(chunk)
                 return None
             work.appendleft(chunk)
             return SinkUnavailable(
@@ -240,25 +247,49 @@ class SplunkHecSink:
 
     # -- indexer acknowledgement (§1.5) ------------------------------------------------------------------------------
 
-    def _await_acks(self, awaiting: dict[int, list[_Item]], report: DeliveryReport) -> SinkError | None:
+    def _await_acks(self, awaiting: dict[int, list[list[_Item]]], report: DeliveryReport) -> SinkError | None:
         """Confirmed requests are delivered, the others are marked RETRY (re-sent by the deliver job with a new
-        ackId). Returns why some were not confirmed."""
-        confirmed, failure = self._acks.wait(
-            list(awaiting), timeout=self.ack_timeout, poll_interval=self.ack_poll_interval
-        )
-        for ack_id in confirmed:
-            _mark(report, awaiting.pop(ack_id), Outcome.DELIVERED)
-        if failure is None:
-            return None
-        failure = self._scrub_error(failure)
-        for chunk in awaiting.values():
-            _mark(report, chunk, Outcome.RETRY, failure.reason)
+        ackId; at least once, `fields.event_id` dedupes). Returns why some were not confirmed.
+
+        Behind a load balancer that is not sticky (or whose cookie did not come back) two indexers can issue the
+        same ackId on our channel, and a poll may reach either: a `true` for that id cannot say which request was
+        indexed, so every request sharing an id is re-sent instead of trusted (vector#19417 trusted it). An id
+        issued once is safe to trust: the channel is rotated after any send that leaves ids pending anywhere, so
+        no other indexer holds that id on this channel. Polls that reach another indexer read false; they are
+        retried until `ack_timeout`, then the request is re-sent too. Empties `awaiting`."""
+        unique = {ack_id: chunks[0] for ack_id, chunks in awaiting.items() if len(chunks) == 1}
+        shared = [chunk for chunks in awaiting.values() if len(chunks) > 1 for chunk in chunks]
+        awaiting.clear()
+        failure: SinkUnavailable | None = None
+        if unique:
+            confirmed, failure = self._acks.wait(
+                list(unique), timeout=self.ack_timeout, poll_interval=self.ack_poll_interval
+            )
+            for ack_id in confirmed:
+                _mark(report, unique.pop(ack_id), Outcome.DELIVERED)
+        if failure is not None:
+            failure = self._scrub_error(failure)
+            for chunk in unique.values():
+                _mark(report, chunk, Outcome.RETRY, failure.reason)
+        if shared:
+            reason = (
+                f"HEC issued one ackId to {len(shared)} requests on channel {self._acks.id}: more than one indexer "
+                "answers it, so acks cannot be trusted; make the load balancer sticky by cookie (re-sent)"
+            )
+            _mark_all(report, shared, Outcome.RETRY, reason)
+            self._one_in_flight = True
+            failure = failure or SinkUnavailable(reason, alert=True)
+        if failure is not None:
+            self._acks.rotate()
         return failure
 
     # -- keeping the token out of every reason -----------------------------------------------------------------------
 
     def _auth(self) -> dict[str, str]:
-        return {**self._headers, "Authorization": f"Splunk {self._token.reveal()}"}
+        headers = {**self._headers, "Authorization": f"Splunk {self._token.reveal()}"}
+        if self.ack:
+            headers[CHANNEL_HEADER] = self._acks.id  # read per request: the channel rotates (AckChannel.rotate)
+        return headers
 
     def __repr__(self) -> str:
         return f"SplunkHecSink(name={self.name!r}, url={display_url(self.base_url)!r}, token={self._token!r})"
@@ -287,6 +318,11 @@ class SplunkHecSink:
 def _mark(report: DeliveryReport, chunk: Sequence[_Item], outcome: Outcome, reason: str | None = None) -> None:
     for item in chunk:
         report.set(item.record_id, outcome, reason)
+
+
+def _mark_all(report: DeliveryReport, chunks: Sequence[Sequence[_Item]], outcome: Outcome, reason: str) -> None:
+    for chunk in chunks:
+        _mark(report, chunk, outcome, reason)
 
 
 def _base_url(url: str) -> str:

@@ -26,7 +26,10 @@ Like the real peer
   or `?channel=`; missing → 400 code 10, not a GUID → 400 code 11) and each 200 carries an `ackId`, per channel,
   from 0. `POST /services/collector/ack?channel=…` with {"acks": [ids]} answers {"acks": {"<id>": bool}}: an id reads
   true once it is `ack_delay` seconds old (None: never), is then forgotten and reads false again; another channel's
-  id reads false. /ack with a token that has no useACK → 400 code 14.
+  id reads false. /ack with a token that has no useACK → 400 code 14. Ack state is per instance, as it is per
+  indexer: two instances behind a load balancer (tests/fakes/lb.py) are two indexers, each numbering the same
+  channel from 0, each reading false for the other's ids. `acked_event_ids` holds the `fields.event_id`s of the
+  requests whose ackId has read true, i.e. what this indexer itself confirmed.
 
 Fault injection
 - `enqueue(status, code=..., times=N, after=M, endpoint="event"|"ack")`: after M more normal requests, the next N
@@ -153,6 +156,8 @@ class _Channel:
     next_ack_id: int = 0
     # ackId -> monotonic time from which it reads true; removed once read true.
     pending: dict[int, float] = field(default_factory=dict)
+    # ackId -> the event_ids of its request, confirmed when the id reads true.
+    batches: dict[int, list[str]] = field(default_factory=dict)
 
 
 class FakeHec:
@@ -189,6 +194,7 @@ class FakeHec:
         self._events: list[dict[str, Any]] = []
         self._requests: list[SeenRequest] = []
         self._event_ids: set[str] = set()
+        self._acked_event_ids: set[str] = set()
         self._first_seen: dict[str, float] = {}
         self._event_count = 0
         self._duplicate_count = 0
@@ -300,6 +306,7 @@ class FakeHec:
             self._events.clear()
             self._requests.clear()
             self._event_ids.clear()
+            self._acked_event_ids.clear()
             self._first_seen.clear()
             self._event_count = self._duplicate_count = self._request_count = self._ack_poll_count = 0
 
@@ -324,6 +331,12 @@ class FakeHec:
         """The distinct `fields.event_id` values of indexed events."""
         with self._lock:
             return set(self._event_ids)
+
+    @property
+    def acked_event_ids(self) -> set[str]:
+        """The `fields.event_id` values of requests whose ackId this indexer answered true."""
+        with self._lock:
+            return set(self._acked_event_ids)
 
     @property
     def event_count(self) -> int:
@@ -390,7 +403,7 @@ class FakeHec:
             if envelopes:
                 self._index(envelopes)
             if ack_channel is not None:
-                answer = self._issue_ack_id(answer, ack_channel)
+                answer = self._issue_ack_id(answer, ack_channel, envelopes)
             if not self.counting:
                 self._requests.append(
                     SeenRequest(path, answer.status, answer.code, encoding, channel, len(body), len(envelopes))
@@ -468,13 +481,18 @@ class FakeHec:
         if not self.counting:
             self._events.extend(envelopes)
 
-    def _issue_ack_id(self, answer: Answer, channel: str) -> Answer:
+    def _issue_ack_id(self, answer: Answer, channel: str, envelopes: list[dict[str, Any]]) -> Answer:
         """Give a successful request on a useACK token its ackId; the caller holds the lock."""
         state = self._channels.setdefault(channel, _Channel())
         ack_id = state.next_ack_id
         state.next_ack_id += 1
         ready_at = time.monotonic() + self.ack_delay if self.ack_delay is not None else float("inf")
         state.pending[ack_id] = ready_at
+        state.batches[ack_id] = [
+            str(e["fields"]["event_id"])
+            for e in envelopes
+            if isinstance(e.get("fields"), dict) and "event_id" in e["fields"]
+        ]
         return Answer(answer.status, {**(answer.payload or {}), "ackId": ack_id}, headers=answer.headers)
 
     def _ack(self, headers: Headers, query: QueryParams, body: bytes) -> Answer:
@@ -505,6 +523,7 @@ class FakeHec:
                 ready_at = state.pending.get(ack_id) if state is not None else None
                 if state is not None and ready_at is not None and ready_at <= now:
                     del state.pending[ack_id]
+                    self._acked_event_ids.update(state.batches.pop(ack_id, []))
                     acks[str(ack_id)] = True
                 else:
                     acks[str(ack_id)] = False
