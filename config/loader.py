@@ -236,6 +236,15 @@ class _Builder:
                 return Secret("")
         return Secret(raw)
 
+    def secret_refs(self, value: Any, where: str) -> Any:
+        """In a sink's table option (a webhook's `headers`), `env:`/`file:` values are resolved into Secrets."""
+        if not isinstance(value, dict):
+            return value
+        return {
+            k: self.secret(v, f"{where}.{k}") if isinstance(v, str) and v.startswith(("env:", "file:")) else v
+            for k, v in value.items()
+        }
+
     def tenants(self, value: Any) -> dict[str, TenantSettings]:
         if not isinstance(value, dict):
             self.problems.append("tenants: expected a table of tenants")
@@ -285,7 +294,7 @@ class _Builder:
             }
             # A sink's own secrets (tokens, webhook URLs) are resolved here, so no sink ever reads the environment.
             options = {
-                k: self.secret(v, f"{where}.{k}") if _is_secret_option(k, v) else v
+                k: self.secret(v, f"{where}.{k}") if _is_secret_option(k, v) else self.secret_refs(v, f"{where}.{k}")
                 for k, v in table.items()
                 if k not in SINK_COMMON
             }

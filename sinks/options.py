@@ -93,6 +93,16 @@ class Options:
             return default
         return raw
 
+    def table(self, key: str) -> dict[str, Any]:
+        """A TOML table option (empty when absent); its values are checked by the caller."""
+        raw = self._raw(key)
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.problems.append(f"{self._where(key)}: expected a table")
+            return {}
+        return raw
+
     def finish(self) -> None:
         for key in sorted(set(self.settings.options) - self._seen):
             self.problems.append(f"{self._where(key)}: unknown option for type {self.settings.type!r}")
