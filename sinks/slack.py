@@ -2,8 +2,11 @@
 
 One message per record; a batch of more than `summary_threshold` records becomes one summary message instead (a burst
 of key rotations should not flood a channel or trip the rate limit). Messages to one webhook are spaced at least
-`min_interval` seconds apart (Slack allows about one per second and may disable a webhook that keeps exceeding it);
-the pacing is per sink instance, i.e. per worker process, and a 429 with Retry-After covers the rest.
+`min_interval` seconds apart (Slack allows about one per second and may disable a webhook that keeps exceeding it).
+Given Redis (`use_redis`, called by the worker runtime) the pacing is one token bucket per webhook shared by every
+worker process (`sinks.pacing`), so N workers together still post one message per `min_interval`, and a 429's
+Retry-After pauses all of them; without Redis (or with `shared_pacing = false`) each process paces itself. A send
+waits for its turn at most `max_wait` seconds, then hands the rest back as retry-later with the wait as Retry-After.
 
 Every text that comes from a record is escaped (`&` `<` `>`), so a key named `<!channel>` or `<@U123>` shows as text
 and cannot notify anyone. Only fingerprints and `prefix…last4` are shown, never a key.
@@ -17,6 +20,7 @@ accepted a message leads to a duplicate post on retry.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -24,13 +28,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 import httpx
+from redis import Redis
 
 from config.settings import Secret, SinkSettings
 from events.records import AuditRecord
 from sinks import http
 from sinks.base import DeliveryReport, Outcome
-from sinks.errors import SinkError, SinkRejected
+from sinks.errors import SinkError, SinkRejected, SinkUnavailable
 from sinks.options import Options
+from sinks.pacing import Bucket, LocalBucket, RedisBucket, acquire, bucket_key
 
 Block = dict[str, Any]
 
@@ -159,8 +165,8 @@ def classify(result: httpx.Response | httpx.HTTPError, *, now: float | None = No
 
 
 class SlackSink:
-    """Options: `webhook_url` (required, a secret), `summary_threshold` (10), `min_interval` (1.0 s), `timeout`
-    (10 s)."""
+    """Options: `webhook_url` (required, a secret), `summary_threshold` (10), `min_interval` (1.0 s), `burst` (1),
+    `max_wait` (30 s), `shared_pacing` (true), `timeout` (10 s)."""
 
     def __init__(
         self,
@@ -169,6 +175,9 @@ class SlackSink:
         *,
         summary_threshold: int = 10,
         min_interval: float = 1.0,
+        burst: int = 1,
+        max_wait: float = 30.0,
+        shared_pacing: bool = True,
         timeout: float = 10.0,
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -178,11 +187,15 @@ class SlackSink:
         self._url = webhook_url
         self.summary_threshold = summary_threshold
         self.min_interval = min_interval
+        self.burst = burst
+        self.max_wait = max_wait
+        self.shared_pacing = shared_pacing
+        self._bucket: Bucket | None = LocalBucket(min_interval, burst, clock=clock) if min_interval > 0 else None
+        self._deadline = 0.0
         self._owns_client = client is None
         self._client = client or http.build_client(timeout)
         self._clock = clock
         self._sleep = sleep
-        self._last_post: float | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -191,6 +204,9 @@ class SlackSink:
         url = opts.secret("webhook_url")
         summary_threshold = opts.integer("summary_threshold", 10, minimum=1)
         min_interval = opts.number("min_interval", 1.0, minimum=0.0)
+        burst = opts.integer("burst", 1, minimum=1, maximum=100)
+        max_wait = opts.number("max_wait", 30.0, minimum=0.0)
+        shared_pacing = opts.boolean("shared_pacing", True)
         timeout = opts.number("timeout", 10.0, minimum=0.1)
         if url is not None and not url.reveal().startswith("https://"):
             opts.problems.append(f"sinks.{settings.name}.webhook_url: must start with https://")
@@ -200,24 +216,38 @@ class SlackSink:
             url or Secret(""),
             summary_threshold=summary_threshold,
             min_interval=min_interval,
+            burst=burst,
+            max_wait=max_wait,
+            shared_pacing=shared_pacing,
             timeout=timeout,
         )
 
-    def _pace(self) -> None:
-        if self._last_post is not None:
-            wait = self.min_interval - (self._clock() - self._last_post)
-            if wait > 0:
-                self._sleep(wait)
-        self._last_post = self._clock()
+    def use_redis(self, redis: Redis) -> None:
+        """Pace through one bucket per webhook in this Redis, shared with every process posting to it (the key is
+        a hash of the URL). Called by the worker runtime; a no-op with `shared_pacing = false` or no pacing."""
+        if self.shared_pacing and self.min_interval > 0:
+            key = bucket_key("slack", self._url.reveal())
+            self._bucket = RedisBucket(redis, key, self.min_interval, self.burst)
 
     def _post(self, payload: dict[str, Any]) -> SinkError | None:
-        self._pace()
-        return http.post(self._client, self._url.reveal(), classify, json=payload)
+        if self._bucket is not None:
+            try:
+                acquire(self._bucket, deadline=self._deadline, clock=self._clock, sleep=self._sleep, label="Slack")
+            except SinkUnavailable as exc:
+                return exc
+        error = http.post(self._client, self._url.reveal(), classify, json=payload)
+        if self._bucket is not None and isinstance(error, SinkUnavailable) and error.retry_after:
+            # Redis failing here changes nothing: the peer's error is what this send reports, and the job's backoff
+            # still honours its wait.
+            with contextlib.suppress(SinkUnavailable):
+                self._bucket.pause(error.retry_after)
+        return error
 
     def send(self, records: Sequence[AuditRecord]) -> DeliveryReport:
         if not records:
             return DeliveryReport()
         with self._lock:
+            self._deadline = self._clock() + self.max_wait
             if len(records) > self.summary_threshold:
                 return self._send_summary(records)
             return self._send_each(records)

@@ -52,7 +52,12 @@ class Runtime:
         if name not in self._sinks:
             for sink_settings in self.settings.sinks:
                 if sink_settings.name == name:
-                    self._sinks[name] = build_sink(sink_settings)
+                    sink = build_sink(sink_settings)
+                    # A sink that keeps state shared by all workers (the Slack pacing bucket) asks for Redis.
+                    use_redis = getattr(sink, "use_redis", None)
+                    if callable(use_redis):
+                        use_redis(self.redis)
+                    self._sinks[name] = sink
         return self._sinks.get(name)
 
     def close(self) -> None:

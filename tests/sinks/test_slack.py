@@ -314,6 +314,40 @@ def test_messages_to_one_webhook_are_spaced_by_min_interval(make_record: MakeRec
     assert sleeps == [1.0, 1.0, 0.75]
 
 
+def test_without_redis_a_429_pauses_this_process_and_a_turn_beyond_max_wait_is_retry_later(
+    make_record: MakeRecord,
+) -> None:
+    now = [100.0]
+    answers = [httpx.Response(429, text="rate_limited", headers={"Retry-After": "20"})]
+    posted: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        posted.append(request)
+        return answers.pop(0) if answers else httpx.Response(200, text="ok")
+
+    client = httpx.Client(transport=httpx.MockTransport(answer))
+    paced = SlackSink(
+        "alerts",
+        Secret("https://hooks.slack.com/services/T/B/x"),
+        max_wait=5.0,
+        client=client,
+        clock=lambda: now[0],
+        sleep=lambda seconds: pytest.fail(f"slept {seconds} s past max_wait"),
+    )
+    with pytest.raises(SinkUnavailable):
+        paced.send([make_record()])
+    with pytest.raises(SinkUnavailable) as caught:
+        paced.send([make_record()])
+    assert caught.value.retry_after == 20.0
+    assert len(posted) == 1
+    now[0] += 20.0
+    record = make_record()
+    assert paced.send([record]).outcomes == {record.record_id: Outcome.DELIVERED}
+    assert len(posted) == 2
+    paced.close()
+    client.close()
+
+
 # --- options --------------------------------------------------------------------------------------------------
 
 
@@ -322,7 +356,7 @@ def test_options_and_defaults() -> None:
         SinkSettings(name="alerts", type="slack", options={"webhook_url": Secret("https://hooks.slack.com/x")})
     )
     built.close()
-    assert (built.summary_threshold, built.min_interval) == (10, 1.0)
+    assert (built.summary_threshold, built.min_interval, built.burst, built.max_wait) == (10, 1.0, 1, 30.0)
 
 
 def test_bad_options_are_listed_without_revealing_the_url() -> None:
