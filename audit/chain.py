@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Generator, Iterator
+from collections.abc import Collection, Generator, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -95,6 +95,11 @@ class TenantVerification:
     def ok(self) -> bool:
         return self.first_break is None
 
+    @property
+    def empty(self) -> bool:
+        """Nothing stored for the tenant at all (a configured tenant that has sent nothing yet): not a break."""
+        return self.ok and self.records == 0 and self.checkpoints == 0
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "tenant": self.tenant,
@@ -131,21 +136,29 @@ class ChainBroken(Exception):
         self.verification = verification
 
 
-def verify(store: AuditStore, signer: HmacSigner | None, *, tenant: str | None = None) -> Verification:
-    """Recompute every chain (or one tenant's) from one snapshot and check every checkpoint against it."""
+def verify(
+    store: AuditStore, signer: HmacSigner | None, *, tenant: str | None = None, configured: Collection[str] = ()
+) -> Verification:
+    """Recompute every chain (or one tenant's) from one snapshot and check every checkpoint against it.
+
+    `configured` are the tenants the settings name: each is verified even when the store lists nothing of it, so
+    a tenant whose rows were all deleted shows up (as "no records", or as a break where checkpoints or a chain
+    head outlived its records) instead of silently dropping out of the report."""
     with store.snapshot() as snapshot:
-        tenants = snapshot.tenants()
+        stored = snapshot.tenants()
         if tenant is not None:
-            if tenant not in tenants:
+            if tenant not in stored and tenant not in configured:
                 raise UnknownTenant(tenant)
             tenants = [tenant]
+        else:
+            tenants = sorted({*stored, *configured})
         return Verification([_verify_tenant(snapshot, name, signer) for name in tenants])
 
 
 def _verify_tenant(snapshot: ChainSnapshot, tenant: str, signer: HmacSigner | None) -> TenantVerification:
     checkpoints = snapshot.checkpoints(tenant)
     walk = _ChainWalk(snapshot, tenant, checkpoints)
-    found = _checkpoint_problem(checkpoints, signer)
+    found = _records_gone(snapshot, walk, checkpoints) or _checkpoint_problem(checkpoints, signer)
     if found is None:
         breaks = walk.breaks()
         try:
@@ -218,6 +231,23 @@ class _ChainWalk:
                 kind = BreakKind.DELETED if position < checkpoint.length else BreakKind.INSERTED
                 detail = f"chain holds {position} records here; checkpoint #{checkpoint.id} signed {checkpoint.length}"
                 yield _at(row, kind, detail)
+
+
+def _records_gone(snapshot: ChainSnapshot, walk: _ChainWalk, checkpoints: list[Checkpoint]) -> Break | None:
+    """A tenant with no records left although its checkpoints or chain head say it had some (beyond a prune that
+    removed them all, which its anchor and head both record)."""
+    rows = snapshot.rows(walk.tenant)
+    try:
+        if next(rows, None) is not None:
+            return None
+    finally:
+        rows.close()
+    kept = walk.anchor.length if walk.anchor else 0
+    if checkpoints and (walk.head is None or walk.head.length > kept):
+        return Break(BreakKind.DELETED, f"{len(checkpoints)} checkpoints but no records")
+    if walk.head is not None and walk.head.length > kept:
+        return Break(BreakKind.DELETED, f"its chain head names {walk.head.length} records but no records are stored")
+    return None
 
 
 def _checkpoint_problem(checkpoints: list[Checkpoint], signer: HmacSigner | None) -> Break | None:

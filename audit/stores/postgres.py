@@ -6,9 +6,10 @@ event is seen by the second appender and stored once. Just before inserting, it 
 advisory lock, held only until commit: seq numbers are then given out in commit order, which is what lets `tail`
 and cursors read "everything after seq N" without missing a record committed late with a lower number.
 
-Append-only: a trigger rejects UPDATE, DELETE and TRUNCATE on records and checkpoints. `prune` alone deletes, by
-setting `keytrail.prune` for its own transaction (SET LOCAL), which the trigger honours for DELETE on records only.
-Every statement both backends share is in `audit.stores.sql`; this module is PostgreSQL's dialect of it.
+Append-only: a trigger rejects UPDATE, DELETE and TRUNCATE on records and checkpoints; on chain heads it rejects
+DELETE and TRUNCATE and any UPDATE but the append path's (a head moves only forward with its chain). `prune` alone
+deletes, by setting `keytrail.prune` for its own transaction (SET LOCAL), which the trigger honours for DELETE on
+records only. Every statement both backends share is in `audit.stores.sql`; this module is PostgreSQL's dialect of it.
 """
 
 # ruff: noqa: S608 - SQL text is built only from this module's constants and placeholders; values are always bound.
@@ -117,6 +118,32 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE deliveries ADD COLUMN lease_owner TEXT COLLATE "C";
     ALTER TABLE deliveries ADD COLUMN lease_until TIMESTAMPTZ;
+    """,
+    # 3: chain heads guarded too. A head is never deleted or truncated; an UPDATE either leaves (seq, hash, length)
+    # alone or moves the head forward onto a stored record of its tenant, its length grown by exactly the records
+    # stored in between; `checkpointed` only grows, never past the length. Only the append path moves a head that
+    # way (under the head's row lock), so a head cannot be set back to hide a deleted tail.
+    """
+    CREATE FUNCTION keytrail_head_forward_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND NEW.tenant = OLD.tenant
+           AND NEW.checkpointed >= OLD.checkpointed AND NEW.checkpointed <= NEW.length
+           AND ((NEW.seq = OLD.seq AND NEW.hash = OLD.hash AND NEW.length = OLD.length)
+                OR (NEW.seq > OLD.seq
+                    AND EXISTS (SELECT 1 FROM records r
+                                WHERE r.seq = NEW.seq AND r.tenant = NEW.tenant AND r.hash = NEW.hash)
+                    AND NEW.length - OLD.length = (
+                        SELECT count(*) FROM records r
+                        WHERE r.tenant = NEW.tenant AND r.seq > OLD.seq AND r.seq <= NEW.seq)))
+        THEN
+            RETURN NEW;
+        END IF;
+        RAISE EXCEPTION 'audit chain_heads are append-only: a head only moves forward with its chain';
+    END $$;
+    CREATE TRIGGER chain_heads_forward_only BEFORE UPDATE OR DELETE ON chain_heads
+        FOR EACH ROW EXECUTE FUNCTION keytrail_head_forward_only();
+    CREATE TRIGGER chain_heads_no_truncate BEFORE TRUNCATE ON chain_heads
+        FOR EACH STATEMENT EXECUTE FUNCTION keytrail_append_only();
     """,
 )
 

@@ -1,6 +1,7 @@
 """The SQLite audit store (WAL): the default for one machine. Writers serialize on BEGIN IMMEDIATE.
 
-Records are append-only: triggers abort any UPDATE or DELETE. The one exception is `prune`, which drops the
+Records and checkpoints are append-only: triggers abort any UPDATE or DELETE; a chain head may only move forward
+with its chain (migration 4). The one exception is `prune`, which drops the
 delete trigger, removes a chain prefix and recreates the trigger inside the same transaction (SQLite's DDL is
 transactional, so no other connection ever sees the table unguarded), after writing a signed prune anchor.
 Every statement both backends share is in `audit.stores.sql`; this module is SQLite's dialect of it.
@@ -102,6 +103,30 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE deliveries ADD COLUMN lease_owner TEXT;
     ALTER TABLE deliveries ADD COLUMN lease_until REAL;
+    """,
+    # 4: chain heads guarded too. A head is never deleted; an UPDATE either leaves (seq, hash, length) alone or
+    # moves the head forward onto a stored record of its tenant, its length grown by exactly the records stored
+    # in between; `checkpointed` only grows, never past the length. Only the append path moves a head that way,
+    # so a head cannot be set back to hide a deleted tail. (An upsert's DO UPDATE fires these triggers too.)
+    """
+    CREATE TRIGGER chain_heads_append_only_delete BEFORE DELETE ON chain_heads
+        BEGIN SELECT RAISE(ABORT, 'audit chain_heads are append-only: a head only moves forward with its chain'); END;
+    CREATE TRIGGER chain_heads_forward_only BEFORE UPDATE ON chain_heads
+        WHEN NOT (
+            NEW.tenant = OLD.tenant
+            AND NEW.checkpointed >= OLD.checkpointed AND NEW.checkpointed <= NEW.length
+            AND (
+                (NEW.seq = OLD.seq AND NEW.hash = OLD.hash AND NEW.length = OLD.length)
+                OR (
+                    NEW.seq > OLD.seq
+                    AND EXISTS (SELECT 1 FROM records WHERE seq = NEW.seq AND tenant = NEW.tenant AND hash = NEW.hash)
+                    AND NEW.length - OLD.length = (
+                        SELECT count(*) FROM records WHERE tenant = NEW.tenant AND seq > OLD.seq AND seq <= NEW.seq
+                    )
+                )
+            )
+        )
+        BEGIN SELECT RAISE(ABORT, 'audit chain_heads are append-only: a head only moves forward with its chain'); END;
     """,
 )
 

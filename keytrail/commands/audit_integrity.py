@@ -13,7 +13,9 @@ from keytrail.output import add_format_option, chosen_format, console
 
 def register(commands: Commands) -> None:
     """Add the integrity subcommands to `keytrail audit`."""
-    verify = commands.add_parser("verify", help="recompute the hash chains and check the signed checkpoints")
+    verify = commands.add_parser(
+        "verify", help="recompute every stored or configured tenant's hash chain and check the signed checkpoints"
+    )
     verify.add_argument("--tenant", type=text("tenant"), help="only this tenant's chain")
     add_format_option(verify)
     verify.set_defaults(handler=cmd_verify)
@@ -33,15 +35,24 @@ def register(commands: Commands) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0: every chain verified; 1: a break (or an unknown tenant); 2: verify could not run."""
     from audit.chain import HmacSigner, UnknownTenant, verify
+    from audit.stores import StoreUnavailable, open_store
 
     settings = settings_from_args(args)
     signer = HmacSigner.from_settings(settings, create=False)
-    with audit_store(settings) as store:
-        try:
-            report = verify(store, signer, tenant=args.tenant)
-        except UnknownTenant:
-            raise CliError(f"no chain for tenant {args.tenant!r}") from None
+    try:
+        store = open_store(settings.audit.url)
+    except StoreUnavailable as exc:
+        raise CliError(f"audit store unavailable, nothing verified: {exc}", code=2) from None
+    try:
+        report = verify(store, signer, tenant=args.tenant, configured=list(settings.tenants))
+    except UnknownTenant:
+        raise CliError(f"no chain for tenant {args.tenant!r}") from None
+    except StoreUnavailable as exc:
+        raise CliError(f"audit store unavailable, nothing verified: {exc}", code=2) from None
+    finally:
+        store.close()
     if chosen_format(args.format) == "json":
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -53,7 +64,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             table.add_column(column, no_wrap=column != "tenant", justify="left" if column == "tenant" else "right")
         table.add_column("result", overflow="fold")
         for tenant in report.tenants:
-            result = "[green]ok[/]" if tenant.first_break is None else f"[red]{tenant.first_break.describe()}[/]"
+            if tenant.first_break is not None:
+                result = f"[red]{tenant.first_break.describe()}[/]"
+            else:
+                result = "no records" if tenant.empty else "[green]ok[/]"
             table.add_row(tenant.tenant, str(tenant.records), str(tenant.checkpoints), result)
         console(sys.stdout).print(table if report.tenants else "no records yet: nothing to verify")
     broken = [t for t in report.tenants if t.first_break is not None]
