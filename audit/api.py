@@ -1,8 +1,12 @@
 """The audit-trail HTTP API on the receiver (`/api/...`): records by filter and cursor, one record, verify, OpenAPI.
 
 Off unless `[api] tokens` is set (every path answers 404 then). Each request needs `Authorization: Bearer <token>`,
-compared with every configured token in constant time (401 otherwise). The audit store opens on the first request
-that needs it, not at start: the receiver must take webhooks even when the store is unreachable (503 here then).
+compared with every configured token in constant time (401 otherwise). A token reads only its tenants: a filter
+outside them is a 403, a record of another tenant is a 404 like a missing one, and the scope is applied to every
+query (cursors carry only a position, so a forged one cannot widen it). Every request is logged as one
+`audit_api_read` event (token name, route, filters with a key as its fingerprint, records returned, status) and
+counted in the receiver's /metrics. The audit store opens on the first request that needs it, not at start: the
+receiver must take webhooks even when the store is unreachable (503 here then).
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import hmac
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
+from prometheus_client import CollectorRegistry, Counter
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
@@ -26,22 +32,42 @@ from audit.queries import (
     FILTERS,
     QueryError,
     build_query,
+    key_filter,
+    next_cursor,
     parse_count,
     parse_text,
     quoted,
     search_page,
 )
 from audit.stores import AuditStore, StoreUnavailable, open_store
-from config.settings import Settings
+from audit.stores.base import RecordQuery
+from config.settings import ApiToken, Settings
+from events.records import AuditRecord
 
 log = structlog.get_logger("keytrail.api")
 STATE_ATTRIBUTE = "keytrail_audit_api"  # app.state.keytrail is the receiver's; this one is the API's own
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 PAGE_PARAMETERS = ("limit", "cursor", "order")
 MAX_RECORD_ID = 256
+MAX_LOGGED = 200  # characters of one filter value in the reader's log
 RETRY_AFTER = {"Retry-After": "5"}
 Endpoint = Callable[[Request], Awaitable[Response]]
-Handler = Callable[["AuditApi", Request], Awaitable[Response]]
+Handler = Callable[["AuditApi", Request, "Read"], Awaitable[Response]]
+READS_METRIC = "keytrail_audit_api_reads"
+
+
+@dataclass(slots=True)
+class Read:
+    """One API request as the reader's log tells it: who (token name), what (route, filters), how much came back."""
+
+    route: str
+    token: ApiToken | None = None
+    filters: dict[str, Any] = field(default_factory=dict)
+    records: int = 0
+
+    def scope(self) -> ApiToken:
+        assert self.token is not None  # handlers run only for an authorized request
+        return self.token
 
 
 class AuditApi:
@@ -49,26 +75,48 @@ class AuditApi:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._digests = [hashlib.sha256(t.reveal().encode()).digest() for t in settings.api.tokens]
+        self._digests = [(hashlib.sha256(t.token.reveal().encode()).digest(), t) for t in settings.api.tokens]
         self._store: AuditStore | None = None
         self._lock = threading.Lock()
         self._pepper: bytes | None = None
+        self._reads: tuple[CollectorRegistry, Counter] | None = None
 
     @property
     def enabled(self) -> bool:
         return bool(self._digests)
 
-    def authorized(self, header: str | None) -> bool:
+    def authorized(self, header: str | None) -> ApiToken | None:
+        """The configured token the header presents, or None."""
         scheme, _, presented = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
-            return False
+            return None
         # Digests first: equal lengths, so the comparison time says nothing about any token; and every token is
         # compared, so neither does which one matched.
         given = hashlib.sha256(presented.strip().encode()).digest()
-        matched = False
-        for digest in self._digests:
-            matched |= hmac.compare_digest(given, digest)
+        matched: ApiToken | None = None
+        for digest, token in self._digests:
+            equal = hmac.compare_digest(given, digest)
+            matched = token if equal else matched
         return matched
+
+    def count(self, request: Request, read: Read, status: int) -> None:
+        """Count the read in the receiver's /metrics registry (`app.state.keytrail.metrics.registry`), found by
+        attribute: this layer may not import the receiver. Without a receiver around it, nothing is counted."""
+        state = getattr(request.app.state, "keytrail", None)
+        registry = getattr(getattr(state, "metrics", None), "registry", None)
+        if not isinstance(registry, CollectorRegistry):
+            return
+        with self._lock:
+            if self._reads is None or self._reads[0] is not registry:
+                counter = Counter(
+                    READS_METRIC,
+                    "Audit API requests, by token name, route and HTTP status",
+                    ["token", "route", "status"],
+                    registry=registry,
+                )
+                self._reads = (registry, counter)
+            counter = self._reads[1]
+        counter.labels(read.token.name if read.token else "-", read.route, str(status)).inc()
 
     def store(self) -> AuditStore:
         """The store, opened on first use (runs in a worker thread: opening may wait on the network)."""
@@ -103,7 +151,7 @@ def close(app: Starlette) -> None:
 def routes(settings: Settings) -> list[BaseRoute]:
     """The API's routes. Each finds (or creates) the app's AuditApi on `app.state` on its first request."""
 
-    def guarded(handler: Handler, *, public: bool = False) -> Endpoint:
+    def guarded(route: str, handler: Handler, *, public: bool = False) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             api: AuditApi | None = getattr(request.app.state, STATE_ATTRIBUTE, None)
             if api is None:
@@ -111,24 +159,63 @@ def routes(settings: Settings) -> list[BaseRoute]:
                 setattr(request.app.state, STATE_ATTRIBUTE, api)
             if not api.enabled:
                 return _error(404, "not found")
-            if not public and not api.authorized(request.headers.get("authorization")):
-                return _error(401, "a valid bearer token is required", {"WWW-Authenticate": 'Bearer realm="keytrail"'})
-            return await _answered(handler, api, request)
+            if public:
+                return await _answered(handler, api, request, Read(route))
+            read = Read(route, token=api.authorized(request.headers.get("authorization")))
+            if read.token is None:
+                response: Response = _error(
+                    401, "a valid bearer token is required", {"WWW-Authenticate": 'Bearer realm="keytrail"'}
+                )
+            else:
+                read.filters = _logged_filters(api, request)
+                response = await _answered(handler, api, request, read)
+            # The reader's log: who read what. Filters as typed, except a raw key, shown as its fingerprint.
+            log.info(
+                "audit_api_read",
+                token=read.token.name if read.token else None,
+                route=route,
+                filters=read.filters,
+                records=read.records,
+                status=response.status_code,
+            )
+            api.count(request, read, response.status_code)
+            return response
 
         return endpoint
 
     return [
-        Route("/api/audit/records", guarded(list_records), methods=["GET"]),
-        Route("/api/audit/records/{record_id}", guarded(get_record), methods=["GET"]),
-        Route("/api/audit/verify", guarded(verify_chains), methods=["GET"]),
-        Route("/api/openapi.json", guarded(openapi, public=True), methods=["GET"]),
+        Route("/api/audit/records", guarded("/api/audit/records", list_records), methods=["GET"]),
+        Route("/api/audit/records/{record_id}", guarded("/api/audit/records/{record_id}", get_record), methods=["GET"]),
+        Route("/api/audit/verify", guarded("/api/audit/verify", verify_chains), methods=["GET"]),
+        Route("/api/openapi.json", guarded("/api/openapi.json", openapi, public=True), methods=["GET"]),
     ]
 
 
-async def _answered(handler: Handler, api: AuditApi, request: Request) -> Response:
+def _logged_filters(api: AuditApi, request: Request) -> dict[str, Any]:
+    """The request's filters for the reader's log: known names only (a typed unknown name could be anything), a
+    key as its fingerprint (or a bare prefix), never raw; a cursor only as its presence."""
+    shown: dict[str, Any] = {}
+    for name, value in request.query_params.multi_items():
+        if name == "key":
+            try:
+                shown["key"] = next(iter(key_filter(value, api.fingerprint).values()))
+            except (QueryError, OSError):
+                shown["key"] = "(unusable)"
+        elif name == "cursor":
+            shown["cursor"] = True
+        elif name in FILTERS or name in PAGE_PARAMETERS:
+            shown[name] = value[:MAX_LOGGED]
+    if "record_id" in request.path_params:
+        shown["record_id"] = str(request.path_params["record_id"])[:MAX_RECORD_ID]
+    return shown
+
+
+async def _answered(handler: Handler, api: AuditApi, request: Request, read: Read) -> Response:
     """The handler's answer, or the JSON error its exception stands for."""
     try:
-        return await handler(api, request)
+        return await handler(api, request, read)
+    except OutOfScope as exc:
+        return _error(403, str(exc))
     except QueryError as exc:
         return _error(400, str(exc))
     except StoreUnavailable as exc:
@@ -142,6 +229,15 @@ async def _answered(handler: Handler, api: AuditApi, request: Request) -> Respon
         if _store_fault(exc):
             return _error(503, "audit store unavailable; retry later", RETRY_AFTER)
         return _error(500, "internal error; the receiver's log has the details")
+
+
+class OutOfScope(Exception):
+    """A filter names a tenant the token may not read (403)."""
+
+
+def _in_scope(token: ApiToken, tenant: str | None) -> None:
+    if tenant is not None and not token.reads(tenant):
+        raise OutOfScope(f"token {quoted(token.name)} may not read tenant {quoted(tenant)}")
 
 
 def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -170,7 +266,27 @@ def single_values(params: QueryParams, allowed: Sequence[str]) -> dict[str, str]
     return seen
 
 
-async def list_records(api: AuditApi, request: Request) -> Response:
+def scoped_page(
+    store: AuditStore, query: RecordQuery, token: ApiToken
+) -> tuple[list[tuple[int, AuditRecord]], str | None]:
+    """`search_page` within the token's tenants. A query without a tenant filter runs once per tenant of the token
+    (each reads one record more than a page) and the answers are merged in the query's order: the cursor is a
+    position in that order, the same for every tenant, so paging is as stable as on one query."""
+    if token.reads_all or query.tenant is not None:
+        _in_scope(token, query.tenant)
+        return search_page(store, query)
+    found: list[tuple[int, AuditRecord]] = []
+    for tenant in token.tenants:
+        found.extend(store.search(replace(query, tenant=tenant, limit=query.limit + 1)))
+    if query.event_time_order:
+        found.sort(key=lambda item: (item[1].time, item[0]))
+    else:
+        found.sort(key=lambda item: item[0], reverse=not query.oldest_first)
+    page = found[: query.limit]
+    return page, next_cursor(query, page[-1]) if len(found) > query.limit else None
+
+
+async def list_records(api: AuditApi, request: Request, read: Read) -> Response:
     """`GET /api/audit/records`: matching records and the cursor of the next page (null on the last)."""
     params = single_values(request.query_params, (*FILTERS, *PAGE_PARAMETERS))
     query = build_query(
@@ -181,50 +297,75 @@ async def list_records(api: AuditApi, request: Request) -> Response:
         order=params.get("order", "newest"),
         cursor=params.get("cursor"),
     )
-    page, cursor = await run_in_threadpool(lambda: search_page(api.store(), query))
+    _in_scope(read.scope(), query.tenant)
+    page, cursor = await run_in_threadpool(lambda: scoped_page(api.store(), query, read.scope()))
+    read.records = len(page)
     return JSONResponse({"records": [record.to_dict() for _, record in page], "next_cursor": cursor})
 
 
-async def get_record(api: AuditApi, request: Request) -> Response:
+async def get_record(api: AuditApi, request: Request, read: Read) -> Response:
     """`GET /api/audit/records/{id}`: the record, its place in the chain, and its delivery state per sink."""
     from audit.chain import place_report
 
     single_values(request.query_params, ())
     record_id = parse_text("record id", request.path_params["record_id"], max_length=MAX_RECORD_ID)
 
-    def read() -> dict[str, Any] | None:
+    def lookup() -> dict[str, Any] | None:
         store = api.store()
         found = store.get([record_id])
-        place = store.locate(record_id) if found else None
-        if not found or place is None:
+        # Another tenant's record is "no such record", exactly like a missing one: its existence is not told.
+        if not found or not read.scope().reads(found[0].tenant):
+            return None
+        place = store.locate(record_id)
+        if place is None:
             return None
         deliveries = [d.to_dict() for d in store.deliveries(record_id)]
         return {"record": found[0].to_dict(), "chain": place_report(found[0], place), "deliveries": deliveries}
 
-    detail = await run_in_threadpool(read)
+    detail = await run_in_threadpool(lookup)
     if detail is None:
         return _error(404, "no such record")
+    read.records = 1
     return JSONResponse(detail)
 
 
-async def verify_chains(api: AuditApi, request: Request) -> Response:
+async def verify_chains(api: AuditApi, request: Request, read: Read) -> Response:
     """`GET /api/audit/verify[?tenant=]`: every chain recomputed and every checkpoint checked. 200 either way;
     `ok` says whether anything is broken."""
-    from audit.chain import HmacSigner, UnknownTenant, verify
+    from audit.chain import HmacSigner, UnknownTenant, Verification, verify
 
     params = single_values(request.query_params, ("tenant",))
     tenant = parse_text("tenant", params["tenant"]) if "tenant" in params else None
+    token = read.scope()
+    _in_scope(token, tenant)
     signer = HmacSigner.from_settings(api.settings, create=False)
+    # Configured tenants are verified even when the store lists nothing of theirs (all their rows deleted).
+    configured = list(api.settings.tenants)
+
+    def scoped() -> Verification:
+        # A scoped token's tenants one by one; one it may read that has no chain yet is simply not in the report.
+        reports = []
+        for name in token.tenants:
+            try:
+                reports.extend(verify(api.store(), signer, tenant=name, configured=configured).tenants)
+            except UnknownTenant:
+                continue
+        return Verification(reports)
+
     try:
-        report = await run_in_threadpool(lambda: verify(api.store(), signer, tenant=tenant))
+        if tenant is None and not token.reads_all:
+            report = await run_in_threadpool(scoped)
+        else:
+            report = await run_in_threadpool(lambda: verify(api.store(), signer, tenant=tenant, configured=configured))
     except UnknownTenant:
         return _error(404, f"no chain for tenant {quoted(tenant or '')}")
+    read.records = sum(t.records for t in report.tenants)
     if not report.ok:
         log.warning("audit_chain_broken", tenants=[t.tenant for t in report.tenants if not t.ok])
     return JSONResponse(report.to_dict())
 
 
-async def openapi(api: AuditApi, request: Request) -> Response:
+async def openapi(api: AuditApi, request: Request, read: Read) -> Response:
     """`GET /api/openapi.json`: this API described (no token needed: it holds no data)."""
     from audit.openapi import document
 

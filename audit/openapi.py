@@ -27,7 +27,10 @@ def document() -> dict[str, Any]:
             "version": VERSION,
             "description": "The audit trail of The Auth API key-lifecycle events: query, inspect, verify. Every "
             "answer is JSON. A parameter this document does not list, a parameter given twice, or a value outside "
-            "its bounds is a 400 whose `error` says which and why.",
+            "its bounds is a 400 whose `error` says which and why. A token reads only the tenants configured for "
+            "it (`[api] tokens`): a tenant filter outside them is a 403, a record of another tenant is a 404 like "
+            "a missing one, and lists and verification cover only its tenants. Every request is logged by the "
+            "receiver (`audit_api_read`: token name, route, filters with a key as its fingerprint, records, status).",
         },
         "security": [{"bearer": []}],
         "paths": {
@@ -153,6 +156,7 @@ def _list_records() -> dict[str, Any]:
         "responses": {
             "200": {"description": "a page", "content": _json("#/components/schemas/Page")},
             "400": _error("a bad, unknown or repeated parameter (the reason says which)"),
+            "403": _error("a `tenant` filter outside the tenants this token may read"),
             **_common_errors(""),
         },
     }
@@ -175,7 +179,7 @@ def _get_record() -> dict[str, Any]:
                 "a record id that cannot be one (blank, too long, control characters), or any query "
                 "parameter (this endpoint takes none)"
             ),
-            **_common_errors(", or no such record"),
+            **_common_errors(", or no such record (a record of a tenant this token may not read counts as none)"),
         },
     }
 
@@ -184,13 +188,14 @@ def _verify() -> dict[str, Any]:
     return {
         "operationId": "verifyChains",
         "summary": "Recompute every tenant's hash chain and check the signed checkpoints",
-        "parameters": [_param("tenant", "only this tenant's chain")],
+        "parameters": [_param("tenant", "only this tenant's chain (default: every tenant this token may read)")],
         "responses": {
             "200": {
                 "description": "the verification; `ok` is false when any chain is broken",
                 "content": _json("#/components/schemas/Verification"),
             },
             "400": _error("a bad tenant value, or an unknown or repeated parameter"),
+            "403": _error("a `tenant` outside the tenants this token may read"),
             **_common_errors(", or no chain for that tenant"),
         },
     }

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from config.errors import ConfigError
-from config.settings import SECTIONS, Secret, Settings, SinkSettings, TenantSettings
+from config.settings import SECTIONS, ApiToken, Secret, Settings, SinkSettings, TenantSettings
 from config.urls import url_problems
 
 ENV_PREFIX = "KEYTRAIL_"
@@ -188,6 +188,8 @@ class _Builder:
             if items is None:
                 self.problems.append(f"{where}: expected a list")
                 return ()
+            if args[0] is ApiToken:
+                return self.api_tokens(items, where)
             return tuple(self.coerce(args[0], item, f"{where}[{i}]") for i, item in enumerate(items))
         if hint is Secret:
             return self.secret(raw, where)
@@ -244,6 +246,39 @@ class _Builder:
             k: self.secret(v, f"{where}.{k}") if isinstance(v, str) and v.startswith(("env:", "file:")) else v
             for k, v in value.items()
         }
+
+    def api_tokens(self, items: list[Any], where: str) -> tuple[ApiToken, ...]:
+        """`[api] tokens`: a plain secret string (named `token-N`, reads every tenant) or a table with a name, the
+        token and the tenants it may read (`["*"]` for all)."""
+        result: list[ApiToken] = []
+        for i, item in enumerate(items):
+            here = f"{where}[{i}]"
+            if isinstance(item, dict):
+                unknown = sorted(set(item) - {"name", "token", "tenants"})
+                for key in unknown:
+                    self.problems.append(f"{here}.{key}: unknown setting (a token takes name, token, tenants)")
+                name = item.get("name")
+                if not isinstance(name, str) or not NAME_PATTERN.match(name):
+                    self.problems.append(f"{here}.name: required; letters, digits, '_', '-', '.' (max 64)")
+                    continue
+                here = f"{where}.{name}"
+                if "token" not in item:
+                    self.problems.append(f"{here}.token: required (literal, env:NAME or file:/path)")
+                    continue
+                token = self.secret(item["token"], f"{here}.token")
+                tenants = self.coerce(tuple[str, ...], item["tenants"], f"{here}.tenants") if "tenants" in item else ()
+                if not tenants or not all(tenants):
+                    self.problems.append(f'{here}.tenants: required, non-empty list of tenant names (["*"] for all)')
+                    continue
+                result.append(ApiToken(name=name, token=token, tenants=tenants))
+            else:
+                result.append(ApiToken(name=f"token-{i + 1}", token=self.secret(item, here)))
+        seen: set[str] = set()
+        for entry in result:
+            if entry.name in seen:
+                self.problems.append(f"{where}: token name {entry.name!r} is used twice")
+            seen.add(entry.name)
+        return tuple(result)
 
     def tenants(self, value: Any) -> dict[str, TenantSettings]:
         if not isinstance(value, dict):

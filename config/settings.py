@@ -124,8 +124,25 @@ class AuditSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiToken:
+    """One bearer token of the audit API: its name (in the reader's log) and the tenants it may read."""
+
+    name: str
+    token: Secret
+    tenants: tuple[str, ...] = ("*",)
+
+    def reads(self, tenant: str) -> bool:
+        return "*" in self.tenants or tenant in self.tenants
+
+    @property
+    def reads_all(self) -> bool:
+        return "*" in self.tenants
+
+
+@dataclass(frozen=True, slots=True)
 class ApiSettings:
-    tokens: tuple[Secret, ...] = ()
+    # A plain string in `[api] tokens` becomes an ApiToken named `token-N` (1-based) that reads every tenant.
+    tokens: tuple[ApiToken, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
