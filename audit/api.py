@@ -5,17 +5,20 @@ compared with every configured token in constant time (401 otherwise). A token r
 outside them is a 403, a record of another tenant is a 404 like a missing one, and the scope is applied to every
 query (cursors carry only a position, so a forged one cannot widen it). Every request is logged as one
 `audit_api_read` event (token name, route, filters with a key as its fingerprint, records returned, status) and
-counted in the receiver's /metrics. The audit store opens on the first request that needs it, not at start: the
-receiver must take webhooks even when the store is unreachable (503 here then).
+counted in the receiver's /metrics. `POST /api/audit/search` takes the same filters in a JSON body, so that no
+filter value (a raw key above all) is in a URL, where proxies and load balancers log it. The audit store opens
+on the first request that needs it, not at start: the receiver must take webhooks even when the store is
+unreachable (503 here then).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,6 +53,7 @@ DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 PAGE_PARAMETERS = ("limit", "cursor", "order")
 MAX_RECORD_ID = 256
 MAX_LOGGED = 200  # characters of one filter value in the reader's log
+MAX_BODY = 16 * 1024  # bytes of a search body: every filter at its bound is far less
 RETRY_AFTER = {"Retry-After": "5"}
 Endpoint = Callable[[Request], Awaitable[Response]]
 Handler = Callable[["AuditApi", Request, "Read"], Awaitable[Response]]
@@ -185,6 +189,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
 
     return [
         Route("/api/audit/records", guarded("/api/audit/records", list_records), methods=["GET"]),
+        Route("/api/audit/search", guarded("/api/audit/search", search_records), methods=["POST"]),
         Route("/api/audit/records/{record_id}", guarded("/api/audit/records/{record_id}", get_record), methods=["GET"]),
         Route("/api/audit/verify", guarded("/api/audit/verify", verify_chains), methods=["GET"]),
         Route("/api/openapi.json", guarded("/api/openapi.json", openapi, public=True), methods=["GET"]),
@@ -194,8 +199,20 @@ def routes(settings: Settings) -> list[BaseRoute]:
 def _logged_filters(api: AuditApi, request: Request) -> dict[str, Any]:
     """The request's filters for the reader's log: known names only (a typed unknown name could be anything), a
     key as its fingerprint (or a bare prefix), never raw; a cursor only as its presence."""
+    shown = _shown_filters(api, request.query_params.multi_items())
+    if "record_id" in request.path_params:
+        shown["record_id"] = str(request.path_params["record_id"])[:MAX_RECORD_ID]
+    return shown
+
+
+def _shown_filters(api: AuditApi, items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Filters (from a query string or a search body) as the reader's log shows them; values that are not
+    strings (a bad body) are left out, lone surrogates replaced."""
     shown: dict[str, Any] = {}
-    for name, value in request.query_params.multi_items():
+    for name, given in items:
+        if not isinstance(given, str):
+            continue
+        value = given.encode("utf-8", "replace").decode("utf-8")
         if name == "key":
             try:
                 shown["key"] = next(iter(key_filter(value, api.fingerprint).values()))
@@ -205,8 +222,6 @@ def _logged_filters(api: AuditApi, request: Request) -> dict[str, Any]:
             shown["cursor"] = True
         elif name in FILTERS or name in PAGE_PARAMETERS:
             shown[name] = value[:MAX_LOGGED]
-    if "record_id" in request.path_params:
-        shown["record_id"] = str(request.path_params["record_id"])[:MAX_RECORD_ID]
     return shown
 
 
@@ -214,8 +229,8 @@ async def _answered(handler: Handler, api: AuditApi, request: Request, read: Rea
     """The handler's answer, or the JSON error its exception stands for."""
     try:
         return await handler(api, request, read)
-    except OutOfScope as exc:
-        return _error(403, str(exc))
+    except Refused as exc:
+        return _error(exc.status, str(exc))
     except QueryError as exc:
         return _error(400, str(exc))
     except StoreUnavailable as exc:
@@ -231,8 +246,22 @@ async def _answered(handler: Handler, api: AuditApi, request: Request, read: Rea
         return _error(500, "internal error; the receiver's log has the details")
 
 
-class OutOfScope(Exception):
-    """A filter names a tenant the token may not read (403)."""
+class Refused(Exception):
+    """A request refused with `status` and the message as its reason."""
+
+    status = 400
+
+
+class BodyTooLarge(Refused):
+    """A search body over MAX_BODY bytes."""
+
+    status = 413
+
+
+class OutOfScope(Refused):
+    """A filter names a tenant the token may not read."""
+
+    status = 403
 
 
 def _in_scope(token: ApiToken, tenant: str | None) -> None:
@@ -288,7 +317,55 @@ def scoped_page(
 
 async def list_records(api: AuditApi, request: Request, read: Read) -> Response:
     """`GET /api/audit/records`: matching records and the cursor of the next page (null on the last)."""
-    params = single_values(request.query_params, (*FILTERS, *PAGE_PARAMETERS))
+    return await _page(api, single_values(request.query_params, (*FILTERS, *PAGE_PARAMETERS)), read)
+
+
+async def search_records(api: AuditApi, request: Request, read: Read) -> Response:
+    """`POST /api/audit/search`: `GET /api/audit/records` with its parameters as a JSON object of strings, so
+    that no filter value is in the URL. Parsed as strictly as the query string: an unknown or repeated name, a
+    value that is not a string, a blank one, is a 400 naming it."""
+    single_values(request.query_params, ())  # filters go in the body, never in the URL
+    fields = await _search_body(request)
+    read.filters = _shown_filters(api, fields)
+    allowed = (*FILTERS, *PAGE_PARAMETERS)
+    params: dict[str, str] = {}
+    for name, value in fields:
+        if name not in allowed:
+            raise QueryError(f"unknown field {quoted(name)} (this endpoint takes {', '.join(allowed)})")
+        if name in params:
+            raise QueryError(f"field {quoted(name)} is given more than once")
+        if not isinstance(value, str):
+            raise QueryError(f"field {quoted(name)} must be a string")
+        params[name] = value
+    return await _page(api, params, read)
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its (name, value) pairs, in order, repeats kept (json's `object_pairs_hook`)."""
+
+
+async def _search_body(request: Request) -> list[tuple[str, Any]]:
+    """The body's JSON object as (name, value) pairs in order (repeats kept, to be refused); read at most
+    MAX_BODY bytes of it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
+        raise BodyTooLarge(f"the body is larger than {MAX_BODY} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise BodyTooLarge(f"the body is larger than {MAX_BODY} bytes")
+    try:
+        parsed = json.loads(bytes(raw).decode("utf-8"), object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise QueryError("the body must be a JSON object of filters (names to string values)") from None
+    if not isinstance(parsed, _Pairs):  # an object arrives as its pairs; an array, a string, a number is wrong
+        raise QueryError("the body must be a JSON object of filters (names to string values)")
+    return list(parsed)
+
+
+async def _page(api: AuditApi, params: dict[str, str], read: Read) -> Response:
+    """One page of records for already-split parameters (names as in FILTERS and PAGE_PARAMETERS)."""
     query = build_query(
         {name: params.get(name) for name in FILTERS},
         fingerprint_of=api.fingerprint,

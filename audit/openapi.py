@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.api import DEFAULT_LIMIT, MAX_LIMIT, MAX_RECORD_ID
+from audit.api import DEFAULT_LIMIT, MAX_BODY, MAX_LIMIT, MAX_RECORD_ID
 from audit.queries import MAX_CURSOR, MAX_TEXT, MAX_TIME_TEXT, ORDERS
 from events.version import VERSION
 
@@ -35,6 +35,7 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {
             "/api/audit/records": {"get": _list_records()},
+            "/api/audit/search": {"post": _search()},
             "/api/audit/records/{record_id}": {"get": _get_record()},
             "/api/audit/verify": {"get": _verify()},
             "/api/openapi.json": {
@@ -116,7 +117,7 @@ def _list_records() -> dict[str, Any]:
         _param(
             "key",
             "a key fingerprint `fp_…`, a key prefix (`live_`, `test_access_`), or a raw key (fingerprinted by the "
-            "server; a raw key in a URL may reach proxy logs: prefer its fingerprint)",
+            "server; a raw key in a URL may reach proxy logs: prefer its fingerprint, or `POST /api/audit/search`)",
         ),
         _param("project", "project id"),
         _param("account", "account id"),
@@ -157,6 +158,43 @@ def _list_records() -> dict[str, Any]:
             "200": {"description": "a page", "content": _json("#/components/schemas/Page")},
             "400": _error("a bad, unknown or repeated parameter (the reason says which)"),
             "403": _error("a `tenant` filter outside the tenants this token may read"),
+            **_common_errors(""),
+        },
+    }
+
+
+def _search() -> dict[str, Any]:
+    """`POST /api/audit/search`: the listing's parameters as the properties of a JSON object, all strings."""
+    listing = _list_records()
+    properties: dict[str, Any] = {}
+    for parameter in listing["parameters"]:
+        schema = dict(parameter["schema"])
+        if parameter["name"] == "limit":
+            schema = {"type": "string", "pattern": "^[0-9]+$", "minLength": 1, "maxLength": 4}
+        properties[parameter["name"]] = {**schema, "description": parameter["description"]}
+    return {
+        "operationId": "searchRecords",
+        "summary": "Records matching filters, a page at a time: `listRecords` with its parameters in the body",
+        "description": "Answers exactly as `GET /api/audit/records` does (scope, paging, cursor, errors), but no "
+        "filter value is in the URL, where proxies and load balancers log it: use it for a raw key. The body is a "
+        "JSON object of strings (`limit` too, in ASCII digits); a name it does not list, a repeated name, a "
+        f"blank or non-string value is a 400. At most {MAX_BODY} bytes. The URL takes no query parameters.",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "properties": properties, "additionalProperties": False}
+                }
+            },
+        },
+        "responses": {
+            "200": {"description": "a page", "content": _json("#/components/schemas/Page")},
+            "400": _error(
+                "a body that is not a JSON object, or a bad, unknown, repeated or non-string field (the reason says "
+                "which), or any query parameter"
+            ),
+            "403": _error("a `tenant` filter outside the tenants this token may read"),
+            "413": _error(f"a body larger than {MAX_BODY} bytes"),
             **_common_errors(""),
         },
     }

@@ -61,6 +61,19 @@ class TestClient:
 
         return asyncio.run(send())
 
+    def post(self, path: str, *, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://receiver", headers=self.headers) as c:
+                return await c.post(
+                    path, content=content, headers={"content-type": "application/json", **(headers or {})}
+                )
+
+        return asyncio.run(send())
+
+    def search(self, fields: Any) -> httpx.Response:
+        return self.post("/api/audit/search", content=json.dumps(fields).encode())
+
 
 def settings_for(tmp_path: Path, url: str, tokens: list[str] = TOKENS) -> Settings:
     return settings_from_mapping(
@@ -358,11 +371,16 @@ def test_openapi_describes_the_api_without_a_token(tmp_path: Path) -> None:
     assert set(document["paths"]) == {
         "/api/audit/records",
         "/api/audit/records/{record_id}",
+        "/api/audit/search",
         "/api/audit/verify",
         "/api/openapi.json",
     }
     listing = document["paths"]["/api/audit/records"]["get"]
     assert {p["name"] for p in listing["parameters"]} == {*FILTERS, "limit", "cursor", "order"}
+    search = document["paths"]["/api/audit/search"]["post"]
+    fields = search["requestBody"]["content"]["application/json"]["schema"]
+    assert set(fields["properties"]) == {*FILTERS, "limit", "cursor", "order"}
+    assert {"200", "400", "403", "413", "401", "503"} <= set(search["responses"])
     assert {"200", "400", "401", "404", "503"} <= set(listing["responses"])
     assert document["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     refs = _refs(document)
@@ -377,3 +395,121 @@ def _refs(node: Any) -> list[str]:
     if isinstance(node, list):
         return [ref for value in node for ref in _refs(value)]
     return []
+
+
+# ---- POST /api/audit/search: the same filters in a body, never in a URL ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"key": RAW_KEY, "tenant": "acme", "limit": "2"},
+        {"key": "live_", "topic": "api-key.*", "order": "oldest", "limit": "3"},
+        {"tenant": "beta"},
+        {"since": "2026-11-01T00:00:00Z", "order": "event_time", "limit": "4"},
+    ],
+)
+def test_search_answers_exactly_as_the_listing_page_after_page(
+    settings: Settings, client: TestClient, filters: dict[str, str]
+) -> None:
+    key = fingerprint(pepper(settings), RAW_KEY)
+    fill(settings, [make_record(n, key=key if n % 2 else None) for n in range(9)])
+    fill(settings, [make_record(0, tenant="beta", key=key)])
+    get_params, post_fields = dict(filters), dict(filters)
+    for _ in range(10):
+        listed, searched = client.get("/api/audit/records", params=get_params), client.search(post_fields)
+        assert (searched.status_code, body(searched)) == (listed.status_code, body(listed)) == (200, body(listed))
+        if body(listed)["next_cursor"] is None:
+            break
+        get_params["cursor"] = post_fields["cursor"] = body(listed)["next_cursor"]
+    else:
+        pytest.fail("more pages than records")
+
+
+def test_search_finds_a_raw_keys_records_and_logs_only_its_fingerprint(settings: Settings, client: TestClient) -> None:
+    key = fingerprint(pepper(settings), RAW_KEY)
+    fill(settings, [make_record(n, key=key if n % 2 else None) for n in range(6)])
+    with capture_logs() as logs:
+        response = client.search({"key": RAW_KEY, "limit": "10"})
+    assert response.status_code == 200, response.text
+    assert [r["record_id"] for r in body(response)["records"]] == [
+        "rec_acme_000005",
+        "rec_acme_000003",
+        "rec_acme_000001",
+    ]
+    assert RAW_KEY not in repr(logs)
+    reads = [entry for entry in logs if entry["event"] == "audit_api_read"]
+    assert reads == [
+        {
+            "event": "audit_api_read",
+            "log_level": "info",
+            "token": reads[0]["token"],
+            "route": "/api/audit/search",
+            "filters": {"key": key, "limit": "10"},
+            "records": 3,
+            "status": 200,
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "reason"),
+    [
+        (b"", 400, "the body must be a JSON object"),
+        (b"not json", 400, "the body must be a JSON object"),
+        (b"[]", 400, "the body must be a JSON object"),
+        (b'[["tenant", "acme"]]', 400, "the body must be a JSON object"),
+        (b'"tenant=acme"', 400, "the body must be a JSON object"),
+        (b"\xff\xfe{}", 400, "the body must be a JSON object"),
+        (b"[" * 5000 + b"]" * 5000, 400, "the body must be a JSON object"),
+        (b'{"tenat": "acme"}', 400, "unknown field 'tenat'"),
+        (b'{"tenant": "acme", "tenant": "beta"}', 400, "field 'tenant' is given more than once"),
+        (b'{"tenant": ""}', 400, "tenant must not be empty"),
+        (b'{"tenant": "  "}', 400, "tenant must not be empty"),
+        (b'{"limit": 5}', 400, "field 'limit' must be a string"),
+        (b'{"tenant": null}', 400, "field 'tenant' must be a string"),
+        (b'{"key": ["live_x"]}', 400, "field 'key' must be a string"),
+        (b'{"limit": "1001"}', 400, "limit must be between 1 and 1000"),
+        (b'{"tenant": "a\\u0000b"}', 400, "tenant must not contain control characters"),
+        (b'{"tenant": "\\ud800"}', 400, "tenant must not contain control characters"),
+        (b'{"order": "sideways"}', 400, "order"),
+        (b'{"tenant": "' + b"a" * 17000 + b'"}', 413, "the body is larger than 16384 bytes"),
+    ],
+)
+def test_bad_search_bodies_are_400_or_413_with_a_reason(
+    client: TestClient, content: bytes, status: int, reason: str
+) -> None:
+    response = client.post("/api/audit/search", content=content)
+    assert response.status_code == status, response.text
+    assert reason in body(response)["error"]
+
+
+def test_search_takes_no_query_parameters(client: TestClient) -> None:
+    response = client.post("/api/audit/search?key=live_", content=b"{}")
+    assert response.status_code == 400
+    assert "unknown parameter 'key'" in body(response)["error"]
+
+
+def test_a_scoped_token_is_scoped_on_search_too(tmp_path: Path, store_url: str) -> None:
+    scoped = "scoped-search-token-0123456789"
+    settings = settings_from_mapping(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "audit": {"url": store_url},
+            "api": {"tokens": [{"name": "beta-only", "token": scoped, "tenants": ["beta"]}]},
+        },
+        {},
+    )
+    fill(settings, [make_record(n) for n in range(3)] + [make_record(0, tenant="beta")])
+    app = create_app(settings)
+    client = TestClient(app, headers={"authorization": f"Bearer {scoped}"})
+    try:
+        everything = client.search({})
+        assert [r["tenant"] for r in body(everything)["records"]] == ["beta"]
+        refused = client.search({"tenant": "acme"})
+        assert refused.status_code == 403
+        assert "may not read tenant 'acme'" in body(refused)["error"]
+        assert client.search({"tenant": "beta"}).status_code == 200
+    finally:
+        api.close(app)

@@ -38,6 +38,12 @@ def test_page_script_and_styles_are_served_with_a_strict_policy(server: ServerTh
     assert "innerHTML" not in script.text
     assert "insertAdjacentHTML" not in script.text
     assert "<script>" not in page.text  # no inline script, as the policy requires
+    # Searches go in a POST body: no filter value (a raw key typed into Key) in a URL, where access logs keep it.
+    assert "fetch('/api/audit/search'" in script.text
+    assert 'method: "POST"' in script.text
+    assert "URLSearchParams" not in script.text
+    assert "key=" not in script.text
+    assert "/api/audit/records?" not in script.text
 
 
 def test_the_page_holds_no_data_the_api_still_wants_a_token(server: ServerThread) -> None:
