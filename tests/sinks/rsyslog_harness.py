@@ -28,6 +28,17 @@ START_TIMEOUT = 10.0
 STOP_TIMEOUT = 15.0
 
 
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a collector closes its sessions and writes what it queued), then SIGKILL after STOP_TIMEOUT."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT)
+
+
 class Unavailable(Exception):
     """rsyslogd, one of its modules, or openssl is not installed."""
 
@@ -227,15 +238,8 @@ class Rsyslog:
 
     def stop(self) -> None:
         """Graceful (SIGTERM): rsyslogd closes its sessions (RELP sends `serverclose`) and writes what it queued."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=STOP_TIMEOUT)
+        if self.process is not None:
+            terminate(self.process)
         self.process = None
 
     def restart(self) -> None:

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from rsyslog_harness import Certs, Unavailable, _bound_ports, free_ports
+from rsyslog_harness import Certs, Unavailable, _bound_ports, free_ports, terminate
 
 INPUTS = ("octet", "newline", "tls")
 DEFAULT_DIR = "/opt/keytrail-test/syslog-ng"
 START_TIMEOUT = 10.0
-STOP_TIMEOUT = 15.0
 
 # The CEF header as its spec defines it: seven |-separated fields, where `\|` and `\\` are escapes inside a field.
 # (In the config it stands in single quotes, which syslog-ng takes as written, with no escapes of its own.)
@@ -132,15 +130,8 @@ class SyslogNg:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=STOP_TIMEOUT)
+        if self.process is not None:
+            terminate(self.process)
         self.process = None
 
     def messages(self) -> list[dict[str, Any]]:
