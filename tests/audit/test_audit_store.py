@@ -313,12 +313,15 @@ def test_records_and_checkpoints_are_append_only(store: AuditStore, store_url: s
 
 
 @pytest.mark.postgres
-def test_postgres_refuses_truncate(pg_url: str) -> None:
+@pytest.mark.parametrize("table", ["records", "chain_heads"])
+def test_postgres_refuses_truncate(pg_url: str, table: str) -> None:
     store = open_store(pg_url)
     try:
         store.append([make_record(0)], route_all)
-        with pytest.raises(psycopg.Error, match="append-only"):
-            raw_execute(pg_url, "TRUNCATE records")
+        with pytest.raises(
+            psycopg.Error, match=f"{table} are append-only" if table == "chain_heads" else "append-only"
+        ):
+            raw_execute(pg_url, f"TRUNCATE {table}")
     finally:
         store.close()
 

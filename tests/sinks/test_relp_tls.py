@@ -4,14 +4,13 @@ certificate and name checks, client certificates under `tls.authMode="name"`, re
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rsyslog_harness import Certs, Rsyslog, event_id_of
-from test_syslog import by_event_id, deliver_until_done, restart_once_started, sink
+from test_syslog import by_event_id, send_across_a_restart, sink
 
 from config.errors import ConfigError
 from events.records import AuditRecord
@@ -157,19 +156,8 @@ def test_relp_over_tls_loses_nothing_when_rsyslog_restarts_mid_batch(
         private_rsyslog.start()  # a new TLS session, client certificate and all
         assert set(siem.send(down).ids(Outcome.DELIVERED)) == {r.record_id for r in down}
 
-        # Restart while a large batch is in flight (up to three tries to land it mid-batch): what was not
-        # acknowledged comes back RETRY and the re-send delivers it.
-        for _ in range(3):
-            big = [make_record() for _ in range(3000)]
-            sent += big
-            restarter = threading.Thread(target=restart_once_started, args=(private_rsyslog, big[0].event_id))
-            restarter.start()
-            report = siem.send(big)
-            restarter.join(timeout=30)
-            retried = [r for r in big if report.outcomes.get(r.record_id) is not Outcome.DELIVERED]
-            deliver_until_done(siem, retried)
-            if retried:
-                break
+        # Restart while a large batch is in flight: what was not acknowledged comes back RETRY and is re-sent.
+        sent += send_across_a_restart(siem, private_rsyslog, make_record)
     finally:
         siem.close()
 

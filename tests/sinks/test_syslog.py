@@ -558,24 +558,32 @@ def test_relp_loses_nothing_when_rsyslog_restarts_mid_stream(private_rsyslog: Rs
         assert set(siem.send(down + more).ids(Outcome.DELIVERED)) == {r.record_id for r in down + more}
 
         # 4. rsyslog restarts while a large batch is in flight: what was not acknowledged comes back RETRY and is
-        # delivered by the re-send. (Whether the restart lands mid-batch is up to the scheduler; up to three tries.)
-        for _ in range(3):
-            big = [make_record() for _ in range(3000)]
-            sent += big
-            restarter = threading.Thread(target=restart_once_started, args=(private_rsyslog, big[0].event_id))
-            restarter.start()
-            report = siem.send(big)
-            restarter.join(timeout=30)
-            retried = [r for r in big if report.outcomes.get(r.record_id) is not Outcome.DELIVERED]
-            deliver_until_done(siem, retried)
-            if retried:
-                break
+        # delivered by the re-send.
+        sent += send_across_a_restart(siem, private_rsyslog, make_record)
     finally:
         siem.close()
 
     arrived = {event_id_of(m) for m in private_rsyslog.wait_for({r.event_id for r in sent}, timeout=10)}
     missing = {r.event_id for r in sent} - arrived
     assert not missing, f"{len(missing)} acknowledged-or-retried records never reached rsyslog"
+
+
+def send_across_a_restart(siem: SyslogSink, rsyslog: Rsyslog, make_record: MakeRecord) -> list[AuditRecord]:
+    """Send 3,000-record batches while rsyslog restarts, re-sending what comes back RETRY, until a restart lands
+    mid-batch (up to three tries: whether it does is up to the scheduler). Returns every record sent."""
+    sent: list[AuditRecord] = []
+    for _ in range(3):
+        big = [make_record() for _ in range(3000)]
+        sent += big
+        restarter = threading.Thread(target=restart_once_started, args=(rsyslog, big[0].event_id))
+        restarter.start()
+        report = siem.send(big)
+        restarter.join(timeout=30)
+        retried = [r for r in big if report.outcomes.get(r.record_id) is not Outcome.DELIVERED]
+        deliver_until_done(siem, retried)
+        if retried:
+            break
+    return sent
 
 
 def restart_once_started(rsyslog: Rsyslog, event_id: str) -> None:
